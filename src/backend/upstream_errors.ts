@@ -79,7 +79,10 @@ export function upstreamError(
       "shorten the prompt, lower max_tokens, or load the model with a larger context_length",
     );
   }
-  if (lower.includes("no models loaded") || lower.includes("model is not loaded")) {
+  if (
+    code === "model_not_loaded" || lower.includes("no models loaded") ||
+    /model\b.*\bis not loaded/.test(lower)
+  ) {
     return make(
       "model_not_loaded",
       "load a model with the load_model tool or `lms load <model>`, or enable JIT loading",
@@ -96,6 +99,9 @@ export function upstreamError(
   }
   if (lower.includes("unexpected endpoint")) {
     return make("unsupported", "this server does not offer that endpoint; update LM Studio");
+  }
+  if (status === 501 || type === "not_supported_error") {
+    return make("unsupported", "this server does not offer that feature (see its documentation)");
   }
   if (status === 429) {
     return make("rate_limited", "the model server is busy; try again shortly");
