@@ -4,7 +4,7 @@
  */
 import { HELP, parseCommandLine, UsageError } from "./src/cli/args.ts";
 import { ConfigError, loadConfig } from "./src/config.ts";
-import { createApp } from "./src/app.ts";
+import { createRuntime } from "./src/runtime.ts";
 import { createLogger } from "./src/util/log.ts";
 import { VERSION } from "./src/server/mcp_server.ts";
 import { serveStdio } from "./src/cli/serve.ts";
@@ -44,10 +44,10 @@ async function main(argv: string[]): Promise<number> {
     throw err;
   }
   const log = createLogger(config.logLevel);
-  const app = createApp(config, log);
+  const runtime = createRuntime(config, log);
   switch (args.command) {
     case "serve":
-      return await serveStdio(app);
+      return await serveStdio(runtime);
     default:
       console.error(`lmbridge: the ${args.command} command is not available yet`);
       return 2;
