@@ -56,6 +56,8 @@ interface BackendHealth {
 }
 
 const STATUS_RETRYABLE = new Set([429, 502, 503, 504]);
+/** First cooldown of a backend that failed to connect; doubles per failure up to 60 s. */
+const COOLDOWN_BASE_MS = 5_000;
 
 export class ModelRouter {
   readonly #clients: Map<string, BackendClient>;
@@ -162,7 +164,14 @@ export class ModelRouter {
           maxAttempts: options.retry === false ? 1 : this.#limits.maxAttempts,
           signal: options.signal,
           deadline: options.deadline,
-          classify: (err) => classifyForRetry(err),
+          classify: (err) => {
+            // With another backend to go to, fail over at once instead of retrying here.
+            const untried = binding.entries.some((e) => !tried.has(e.backend));
+            if (untried && err instanceof BridgeError && err.code === "backend_unreachable") {
+              return { retry: false };
+            }
+            return classifyForRetry(err);
+          },
           onRetry: (err, attempt, waitMs) => {
             this.stats.retries++;
             const code = err instanceof BridgeError ? err.code : "error";
@@ -228,7 +237,7 @@ export class ModelRouter {
   #markDown(url: string, message: string) {
     const h = this.#health.get(url) ?? { failures: 0, cooldownUntil: 0 };
     h.failures++;
-    h.cooldownUntil = this.#now() + Math.min(1000 * 2 ** (h.failures - 1), 60_000);
+    h.cooldownUntil = this.#now() + Math.min(COOLDOWN_BASE_MS * 2 ** (h.failures - 1), 60_000);
     h.lastError = message;
     this.#health.set(url, h);
     this.#catalog.invalidate(url);

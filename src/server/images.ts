@@ -48,9 +48,15 @@ async function loadImage(image: string, field: string, options: ImageOptions): P
       throw bad("remote image URLs are off (set LMBRIDGE_ALLOW_REMOTE_IMAGES=true to allow them)");
     }
     const res = await (options.fetch ?? fetch)(image, { signal: options.signal });
-    if (!res.ok) throw bad(`fetching it answered ${res.status}`);
+    if (!res.ok) {
+      await res.body?.cancel(); // free the connection
+      throw bad(`fetching it answered ${res.status}`);
+    }
     const type = (res.headers.get("content-type") ?? "").split(";")[0].trim();
-    if (!MIME.has(type)) throw bad(`type ${type || "unknown"} is not png, jpeg, gif or webp`);
+    if (!MIME.has(type)) {
+      await res.body?.cancel();
+      throw bad(`type ${type || "unknown"} is not png, jpeg, gif or webp`);
+    }
     const bytes = new Uint8Array(await res.arrayBuffer());
     if (bytes.length > MAX_IMAGE_BYTES) throw bad("larger than 10 MB");
     return `data:${type};base64,${toBase64(bytes)}`;

@@ -18,6 +18,8 @@ export type SendProgress = (params: {
   message?: string;
 }) => Promise<void> | void;
 
+const SETTLE_MS = 5;
+
 /** A sink that drops everything. */
 export const nullProgress: ProgressSink = {
   text() {},
@@ -83,7 +85,12 @@ export function createProgressSink(
         flush();
         closed = true;
       }
-      return lastSend.then(() => {});
+      // The SDK's client handles notifications a microtask late: a response read in the
+      // same chunk as the last notification would drop it. A short gap keeps them apart.
+      const sinceLast = now() - lastSent;
+      return lastSend.then(() =>
+        sinceLast < SETTLE_MS ? new Promise((r) => setTimeout(r, SETTLE_MS - sinceLast)) : undefined
+      );
     },
   };
 }

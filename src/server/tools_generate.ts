@@ -424,7 +424,9 @@ export function checkJsonSchema(schema: Record<string, unknown>): Record<string,
       }
     }
     if (n.properties !== undefined) {
-      if (typeof n.properties !== "object" || n.properties === null) {
+      if (
+        typeof n.properties !== "object" || n.properties === null || Array.isArray(n.properties)
+      ) {
         throw bad(`${path}.properties must be an object`);
       }
       for (const [k, v] of Object.entries(n.properties)) {
