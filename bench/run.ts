@@ -1,0 +1,204 @@
+/**
+ * lmbridge benchmarks (`deno task bench`). Every figure is compared with a baseline measured
+ * in the same run on the same machine, and written to bench/RESULTS.md with the date and
+ * the machine. Targets (issue 3): p50 added ≤ 1 ms, p99 added ≤ 5 ms; 500 concurrent calls
+ * with 200 ms upstream latency within 1.3× the ideal; first progress within 60 ms of the
+ * upstream's first chunk.
+ */
+import { startDouble } from "../tests/support/lmstudio_double.ts";
+import { bridgeEnv, startBridge } from "../tests/support/bridge.ts";
+
+const quick = Deno.args.includes("--quick");
+const N = quick ? 100 : 500;
+
+function percentile(xs: number[], q: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor(q * s.length))];
+}
+const ms = (x: number) => `${x.toFixed(2)} ms`;
+
+async function directCall(url: string, prompt: string): Promise<void> {
+  const res = await fetch(`${url}/v1/chat/completions`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({
+      model: "qwen/qwen3-4b",
+      messages: [{ role: "user", content: prompt }],
+      stream: true,
+    }),
+  });
+  await res.body!.pipeTo(new WritableStream());
+}
+
+async function addedLatency(): Promise<string[]> {
+  const double = await startDouble({ chunkSize: 8 });
+  const bridge = await startBridge(bridgeEnv(double.url, { LOG_LEVEL: "warn" }));
+  try {
+    for (let i = 0; i < 30; i++) {
+      await directCall(double.url, "warm");
+      await bridge.call("chat_completion", { prompt: "warm" });
+    }
+    const direct: number[] = [];
+    const via: number[] = [];
+    for (let i = 0; i < N; i++) {
+      let t = performance.now();
+      await directCall(double.url, `question ${i}`);
+      direct.push(performance.now() - t);
+      t = performance.now();
+      await bridge.call("chat_completion", { prompt: `question ${i}` });
+      via.push(performance.now() - t);
+    }
+    const p50 = percentile(via, 0.5) - percentile(direct, 0.5);
+    const p99 = percentile(via, 0.99) - percentile(direct, 0.99);
+    return [
+      `### Added latency per call (${N} sequential chat_completion calls)`,
+      "",
+      "| path | p50 | p99 |",
+      "|---|---|---|",
+      `| direct streamed HTTP to the double | ${ms(percentile(direct, 0.5))} | ${
+        ms(percentile(direct, 0.99))
+      } |`,
+      `| through lmbridge (MCP over stdio, SDK client) | ${ms(percentile(via, 0.5))} | ${
+        ms(percentile(via, 0.99))
+      } |`,
+      `| **added** | **${ms(p50)}** (target ≤ 1 ms: ${p50 <= 1 ? "met" : "missed"}) | **${
+        ms(p99)
+      }** (target ≤ 5 ms: ${p99 <= 5 ? "met" : "missed"}) |`,
+      "",
+    ];
+  } finally {
+    await bridge.close();
+    await double.close();
+  }
+}
+
+async function concurrent(): Promise<string[]> {
+  const count = quick ? 100 : 500;
+  const upstreamMs = 200;
+  const double = await startDouble({ chunkSize: 64 });
+  double.addFault({
+    path: "/v1/chat/completions",
+    times: Infinity,
+    fault: { kind: "first_byte_delay", ms: upstreamMs },
+  });
+  const bridge = await startBridge(bridgeEnv(double.url, {
+    LOG_LEVEL: "warn",
+    LMBRIDGE_MAX_INFLIGHT_PER_BACKEND: String(count),
+    LMBRIDGE_MAX_INFLIGHT_PER_MODEL: String(count),
+  }));
+  try {
+    await bridge.call("chat_completion", { prompt: "warm" });
+    // Baseline in the same run: the same burst sent directly to the double.
+    let t = performance.now();
+    await Promise.all(Array.from({ length: count }, (_, i) => directCall(double.url, `d${i}`)));
+    const direct = performance.now() - t;
+    t = performance.now();
+    const results = await Promise.all(
+      Array.from({ length: count }, (_, i) => bridge.call("chat_completion", { prompt: `c${i}` })),
+    );
+    const wall = performance.now() - t;
+    const failed = results.filter((r: { isError?: boolean }) => r.isError).length;
+    const ratio = wall / upstreamMs;
+    return [
+      `### ${count} concurrent calls, ${upstreamMs} ms upstream latency`,
+      "",
+      "| path | wall time | × ideal (200 ms) |",
+      "|---|---|---|",
+      `| direct HTTP burst to the double | ${ms(direct)} | ${(direct / upstreamMs).toFixed(2)}× |`,
+      `| through lmbridge | ${ms(wall)} | **${ratio.toFixed(2)}×** (target ≤ 1.3×: ${
+        ratio <= 1.3 ? "met" : "missed"
+      }) |`,
+      "",
+      `Failed calls: ${failed}. Caps raised to ${count} for this run (defaults would queue them: 16 per backend).`,
+      "",
+    ];
+  } finally {
+    await bridge.close();
+    await double.close();
+  }
+}
+
+async function firstProgress(): Promise<string[]> {
+  const double = await startDouble({ chunkSize: 4, chunkDelayMs: 20 });
+  const delayMs = 100;
+  double.addFault({
+    path: "/v1/chat/completions",
+    times: Infinity,
+    fault: { kind: "first_byte_delay", ms: delayMs },
+  });
+  const bridge = await startBridge(bridgeEnv(double.url, { LOG_LEVEL: "warn" }));
+  try {
+    await bridge.call("chat_completion", { prompt: "warm" });
+    const gaps: number[] = [];
+    for (let i = 0; i < (quick ? 20 : 60); i++) {
+      let first: number | undefined;
+      const before = double.requests.length;
+      await bridge.call("chat_completion", { prompt: `p${i}` }, {
+        onprogress: () => {
+          first ??= Date.now();
+        },
+      });
+      const req = double.requests.slice(before).find((q) => q.path === "/v1/chat/completions")!;
+      if (first !== undefined) gaps.push(first - (req.startedAt + delayMs));
+    }
+    const p50 = percentile(gaps, 0.5);
+    return [
+      "### Upstream first chunk → client's first progress notification",
+      "",
+      "| p50 | p99 | max |",
+      "|---|---|---|",
+      `| **${ms(p50)}** (target ≤ 60 ms: ${p50 <= 60 ? "met" : "missed"}) | ${
+        ms(percentile(gaps, 0.99))
+      } | ${ms(Math.max(...gaps))} |`,
+      "",
+      "Measured with Date.now (1 ms resolution) from the double's first chunk (request start + its scripted first-byte delay) to the SDK client's onprogress.",
+      "",
+    ];
+  } finally {
+    await bridge.close();
+    await double.close();
+  }
+}
+
+async function machine(): Promise<string> {
+  const cpu = (await Deno.readTextFile("/proc/cpuinfo").catch(() => ""))
+    .match(/model name\s*:\s*(.+)/)?.[1] ?? "unknown CPU";
+  const mem = Deno.systemMemoryInfo();
+  return `${navigator.hardwareConcurrency} cores, ${cpu}, ${
+    Math.round(mem.total / 2 ** 30)
+  } GiB, ${Deno.build.os}/${Deno.build.arch}, Deno ${Deno.version.deno}`;
+}
+
+if (import.meta.main) {
+  const sections = [
+    `## Model calls — ${new Date().toISOString().slice(0, 10)}`,
+    "",
+    `Machine: ${await machine()}${quick ? " (quick run)" : ""}`,
+    "",
+    ...(await addedLatency()),
+    ...(await concurrent()),
+    ...(await firstProgress()),
+  ];
+  const text = sections.join("\n");
+  console.log(text);
+  const agent = new URL("./agent_session.ts", import.meta.url);
+  let agentText = "";
+  try {
+    await Deno.stat(agent);
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", agent.pathname, ...(quick ? ["--quick"] : [])],
+      stderr: "inherit",
+    }).output();
+    agentText = new TextDecoder().decode(out.stdout);
+    console.log(agentText);
+  } catch {
+    agentText = "";
+  }
+  if (!Deno.args.includes("--no-write")) {
+    const header = "# lmbridge benchmark results\n\nWritten by `deno task bench`.\n\n";
+    await Deno.writeTextFile(
+      new URL("./RESULTS.md", import.meta.url),
+      header + text + "\n" + agentText,
+    );
+  }
+}
