@@ -39,6 +39,8 @@ export interface Config {
   jobTtlS: number;
   mcpIdleTtlS: number;
   mcpCallTimeoutS: number;
+  /** Largest JSON-RPC message read from a client, in bytes. */
+  maxMessageBytes: number;
 }
 
 /** Flags as parsed from the command line (all optional). */
@@ -250,6 +252,10 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
     jobTtlS: num("LMBRIDGE_JOB_TTL_S", "jobTtlS", 7 * 24 * 3600, { min: 1 })!,
     mcpIdleTtlS: num("LMBRIDGE_MCP_IDLE_TTL_S", "mcpIdleTtlS", 600, { min: 1 })!,
     mcpCallTimeoutS: num("LMBRIDGE_MCP_CALL_TIMEOUT_S", "mcpCallTimeoutS", 60, { min: 0.001 })!,
+    maxMessageBytes: num("LMBRIDGE_MAX_MESSAGE_BYTES", "maxMessageBytes", 32 * 1024 * 1024, {
+      min: 1024,
+      integer: true,
+    })!,
   };
 }
 
