@@ -529,25 +529,54 @@ export class BackendClient {
       timeoutMs?: number;
     },
   ): Promise<unknown> {
-    const res = await this.#send(path, init);
     const ctx = { backend: this.url, model: init.model };
-    const text = await res.text().catch((err) => {
-      if (init.signal?.aborted) throw abortToError(init.signal.reason);
-      throw new BridgeError("upstream_error", `reading the answer failed: ${err.message}`, ctx);
-    });
-    let body: unknown;
+    // Without an explicit limit: the first-byte timeout for the headers, then the idle
+    // timeout for the body, so a stalled server cannot hold a request until its deadline.
+    const watchdog = new Watchdog(init.signal);
+    const limitMs = init.timeoutMs ?? this.#firstByteMs;
+    watchdog.arm(
+      limitMs,
+      () => new BridgeError("timeout", `${path} did not answer within ${limitMs / 1000}s`, ctx),
+    );
     try {
-      body = JSON.parse(text);
-    } catch {
-      throw new BridgeError(
-        "upstream_error",
-        `the model server's answer to ${path} is not JSON: ${JSON.stringify(text.slice(0, 120))}`,
-        ctx,
-      );
+      const res = await this.#send(path, {
+        ...init,
+        timeoutMs: undefined,
+        signal: watchdog.signal,
+      });
+      if (init.timeoutMs === undefined) {
+        watchdog.arm(
+          this.#idleMs,
+          () =>
+            new BridgeError(
+              "timeout",
+              `the answer to ${path} stalled for ${this.#idleMs / 1000}s`,
+              {
+                ...ctx,
+                hint: "the model server stalled; raise LMBRIDGE_IDLE_TIMEOUT_S if it is just slow",
+              },
+            ),
+        );
+      }
+      const text = await res.text();
+      let body: unknown;
+      try {
+        body = JSON.parse(text);
+      } catch {
+        throw new BridgeError(
+          "upstream_error",
+          `the model server's answer to ${path} is not JSON: ${JSON.stringify(text.slice(0, 120))}`,
+          ctx,
+        );
+      }
+      const err = readErrorField(body);
+      if (err) throw upstreamError(200, err, ctx);
+      return body;
+    } catch (err) {
+      throw this.#mapStreamError(err, watchdog, ctx);
+    } finally {
+      watchdog.dispose();
     }
-    const err = readErrorField(body);
-    if (err) throw upstreamError(200, err, ctx);
-    return body;
   }
 
   /** fetch with auth, mapping network failures and non-2xx answers. */

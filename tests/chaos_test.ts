@@ -1,0 +1,182 @@
+/**
+ * Chaos: a mixed load (streamed and not, embeddings, background jobs, cancels) while the
+ * double injects every fault it has. Every request is accounted for: exactly one result or
+ * one clear error, never another request's answer, no upstream connection left open, and
+ * lmbridge's memory back near its baseline afterwards.
+ */
+import assert from "node:assert/strict";
+import { type Fault, startDouble } from "./support/lmstudio_double.ts";
+import { bridgeEnv, startBridge, textOf } from "./support/bridge.ts";
+
+// deno-lint-ignore no-explicit-any
+type Structured = Record<string, any>;
+
+/** Resident memory of a process, in MB (Linux). */
+async function rssMb(pid: number): Promise<number> {
+  const status = await Deno.readTextFile(`/proc/${pid}/status`);
+  return Number(/VmRSS:\s+(\d+)/.exec(status)![1]) / 1024;
+}
+
+/** A small deterministic random generator. */
+function rng(seed: number) {
+  return () => {
+    seed = (seed * 1664525 + 1013904223) % 2 ** 32;
+    return seed / 2 ** 32;
+  };
+}
+
+const FAULTS: Fault[] = [
+  { kind: "status", status: 429, headers: { "retry-after": "0" } },
+  { kind: "status", status: 500, body: { error: "internal" } },
+  { kind: "status", status: 503 },
+  { kind: "drop", afterChunks: 2 },
+  { kind: "stall", afterChunks: 1 },
+  { kind: "garbage" },
+  { kind: "error_in_stream", afterChunks: 1, message: "engine crashed" },
+  { kind: "error_in_200", message: "oops" },
+  { kind: "context_overflow" },
+  { kind: "empty_stream" },
+  { kind: "first_byte_delay", ms: 300 },
+  { kind: "slow_stream", chunkDelayMs: 30 },
+  { kind: "reset" },
+];
+const ALLOWED = new Set([
+  "rate_limited",
+  "upstream_error",
+  "timeout",
+  "context_overflow",
+  "cancelled",
+  "backend_unreachable",
+  "overloaded",
+]);
+
+Deno.test("chaos: mixed load under every fault loses and mixes up nothing", async () => {
+  const double = await startDouble({
+    chunkSize: 6,
+    models: [
+      { id: "org/alpha" },
+      { id: "org/beta" },
+      { id: "text-embedding-small", type: "embeddings" },
+    ],
+  });
+  const bridge = await startBridge(bridgeEnv(double.url, {
+    LMBRIDGE_IDLE_TIMEOUT_S: "1",
+    LMBRIDGE_MAX_INFLIGHT_PER_MODEL: "8",
+    LOG_LEVEL: "warn",
+  }));
+  const random = rng(42);
+  try {
+    // Warm up, then take the memory baseline.
+    for (let i = 0; i < 20; i++) await bridge.call("chat_completion", { prompt: `warm ${i}` });
+    const baseline = await rssMb(bridge.pid!);
+
+    const expectations: Promise<string>[] = [];
+    let n = 0;
+    for (let wave = 0; wave < 4; wave++) {
+      for (const fault of FAULTS) {
+        double.addFault({
+          fault,
+          times: 2,
+          path: random() < 0.5 ? "/v1/chat/completions" : undefined,
+        });
+      }
+      for (let i = 0; i < 60; i++, n++) {
+        const id = n;
+        const model = random() < 0.5 ? "org/alpha" : "org/beta";
+        const kind = random();
+        if (kind < 0.55) {
+          const streamed = random() < 0.5;
+          const progress: string[] = [];
+          const controller = new AbortController();
+          const cancel = random() < 0.1;
+          if (cancel) setTimeout(() => controller.abort(), 20);
+          expectations.push(
+            bridge.call("chat_completion", { prompt: `chaos ${id}`, model }, {
+              onprogress: streamed ? (p) => progress.push(p.message ?? "") : undefined,
+              signal: controller.signal,
+              timeout: 60_000,
+            }).then((r) => {
+              if (!r.isError) {
+                assert.equal(textOf(r), `[${model}] You said: chaos ${id}`, "its own answer");
+                return "ok";
+              }
+              const code = /^Error \[([a-z_]+)\]/.exec(textOf(r))?.[1] ?? "?";
+              assert.ok(ALLOWED.has(code), `unexpected ${textOf(r)}`);
+              return code;
+            }, (err) => {
+              assert.ok(cancel, `only cancelled calls reject: ${err}`);
+              return "client-cancelled";
+            }),
+          );
+        } else if (kind < 0.75) {
+          expectations.push(
+            bridge.call("generate_embeddings", { text: [`e${id}`, "shared"] }).then((r) => {
+              if (r.isError) return /^Error \[([a-z_]+)\]/.exec(textOf(r))?.[1] ?? "?";
+              assert.equal((r.structuredContent as Structured).embeddings.length, 2);
+              return "ok";
+            }),
+          );
+        } else if (kind < 0.9) {
+          expectations.push((async () => {
+            const started = await bridge.call("chat_completion", {
+              prompt: `job ${id}`,
+              model,
+              background: true,
+            });
+            const jobId = (started.structuredContent as Structured).job_id;
+            assert.match(jobId, /\S/);
+            const done = await bridge.call("get_job", { job_id: jobId, wait_s: 30 });
+            const job = done.structuredContent as Structured;
+            if (job.status === "succeeded") {
+              assert.equal(job.result.text, `[${model}] You said: job ${id}`);
+              return "ok";
+            }
+            assert.ok(["failed", "cancelled"].includes(job.status), job.status);
+            return `job-${job.status}`;
+          })());
+        } else {
+          expectations.push(
+            bridge.call("create_response", { input: `turn ${id}`, model }).then((r) => {
+              if (r.isError) return /^Error \[([a-z_]+)\]/.exec(textOf(r))?.[1] ?? "?";
+              assert.match((r.structuredContent as Structured).text, new RegExp(`turn ${id}`));
+              return "ok";
+            }),
+          );
+        }
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    const outcomes = await Promise.all(expectations);
+    assert.equal(outcomes.length, n, "every request accounted for");
+    const tally: Record<string, number> = {};
+    for (const o of outcomes) tally[o] = (tally[o] ?? 0) + 1;
+    console.log(`chaos outcomes over ${n} requests:`, JSON.stringify(tally));
+    assert.ok((tally.ok ?? 0) > n / 3, "most requests still succeed");
+
+    double.clearFaults();
+    const after = await bridge.call("chat_completion", { prompt: "after the storm" });
+    assert.equal(
+      textOf(after),
+      "[qwen/qwen3-4b] You said: after the storm".replace("qwen/qwen3-4b", "org/alpha"),
+    );
+
+    // No upstream connection left behind.
+    const deadline = Date.now() + 5_000;
+    while (double.stats.inFlight > 0 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.equal(double.stats.inFlight, 0, "no upstream request left open");
+    const stats = (await bridge.call("bridge_stats")).structuredContent as Structured;
+    assert.deepEqual(stats.in_flight, {});
+    assert.equal(stats.queued.total, 0);
+
+    const final = await rssMb(bridge.pid!);
+    console.log(
+      `lmbridge RSS: baseline ${baseline.toFixed(1)} MB, after chaos ${final.toFixed(1)} MB`,
+    );
+    assert.ok(final - baseline < 60, `memory grew by ${(final - baseline).toFixed(1)} MB`);
+  } finally {
+    await bridge.close();
+    await double.close();
+  }
+});
