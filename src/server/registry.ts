@@ -15,6 +15,7 @@ import {
   type ServerRequest,
 } from "@modelcontextprotocol/sdk/types.js";
 import { z } from "zod";
+import { linkSignals } from "../util/async.ts";
 import { BridgeError, type ErrorCode, toBridgeError } from "../util/errors.ts";
 import type { Logger } from "../util/log.ts";
 import { createProgressSink, nullProgress, type ProgressSink } from "./progress.ts";
@@ -111,10 +112,10 @@ export function installTools(server: Server, tools: ToolDefinition[], options: R
     const args = parsed.data as Record<string, unknown>;
     const timeoutS = typeof args.timeout_s === "number" ? args.timeout_s : options.requestTimeoutS;
     const deadline = Date.now() + timeoutS * 1000;
-    const signals = [extra.signal];
-    if (tool.deadline !== false) signals.push(AbortSignal.timeout(timeoutS * 1000));
-    if (options.shutdown) signals.push(options.shutdown);
-    const signal = AbortSignal.any(signals);
+    const linked = linkSignals([extra.signal, options.shutdown], {
+      timeoutMs: tool.deadline === false ? undefined : timeoutS * 1000,
+    });
+    const signal = linked.signal;
     const token = extra._meta?.progressToken;
     const progress = token === undefined ? nullProgress : createProgressSink(
       (p) =>
@@ -153,6 +154,8 @@ export function installTools(server: Server, tools: ToolDefinition[], options: R
         backend: err.context.backend,
       });
       return errorResult(err);
+    } finally {
+      linked.dispose();
     }
   });
 }

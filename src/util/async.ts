@@ -42,3 +42,54 @@ export function abortable<T>(promise: Promise<T>, signal?: AbortSignal): Promise
     );
   });
 }
+
+/** A signal that follows several others, and a timer, until disposed. */
+export interface LinkedSignal {
+  readonly signal: AbortSignal;
+  /** Detaches from the sources and clears the timer; call when the work is done. */
+  dispose(): void;
+}
+
+/**
+ * Combines `sources` and an optional timeout into one signal. Unlike `AbortSignal.any` and
+ * `AbortSignal.timeout`, nothing stays attached to a long-lived source (the process's
+ * shutdown signal) or keeps a timer after `dispose`, so per-request signals cost nothing
+ * once the request is over.
+ *
+ * @example
+ * const linked = linkSignals([request.signal, shutdown], { timeoutMs: 600_000 });
+ * try { await work(linked.signal); } finally { linked.dispose(); }
+ */
+export function linkSignals(
+  sources: readonly (AbortSignal | undefined)[],
+  options: { timeoutMs?: number } = {},
+): LinkedSignal {
+  const controller = new AbortController();
+  const attached: [AbortSignal, () => void][] = [];
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const dispose = () => {
+    clearTimeout(timer);
+    for (const [source, listener] of attached) source.removeEventListener("abort", listener);
+    attached.length = 0;
+  };
+  for (const source of sources) {
+    if (!source) continue;
+    if (source.aborted) {
+      controller.abort(source.reason);
+      return { signal: controller.signal, dispose };
+    }
+    const listener = () => {
+      controller.abort(source.reason);
+      dispose();
+    };
+    source.addEventListener("abort", listener, { once: true });
+    attached.push([source, listener]);
+  }
+  if (options.timeoutMs !== undefined && Number.isFinite(options.timeoutMs)) {
+    timer = setTimeout(() => {
+      controller.abort(new DOMException("The deadline passed", "TimeoutError"));
+      dispose();
+    }, Math.max(0, Math.min(options.timeoutMs, 2 ** 31 - 1)));
+  }
+  return { signal: controller.signal, dispose };
+}
