@@ -5,13 +5,20 @@
  */
 import { type App, createApp, type CreateAppOptions } from "./app.ts";
 import type { Config } from "./config.ts";
+import { findMcpConfigPath } from "./downstream/mcp_config.ts";
+import { SessionPool } from "./downstream/session_pool.ts";
+import { createJobRunner, jobTools } from "./server/jobs.ts";
 import { allTools } from "./server/mcp_server.ts";
 import type { ToolDefinition } from "./server/registry.ts";
+import { agentTools } from "./server/tools_agent.ts";
 import type { Logger } from "./util/log.ts";
+import { fileURLToPath as fromFileUrl } from "node:url";
 
 export interface Runtime {
   readonly app: App;
   readonly tools: ToolDefinition[];
+  /** Sessions to the user's MCP servers (the agent's tools). */
+  readonly pool: SessionPool;
   /** Aborts every request, stops jobs and downstream servers. Idempotent. */
   close(): Promise<void>;
 }
@@ -23,16 +30,55 @@ export function createRuntime(
   options: CreateAppOptions = {},
 ): Runtime {
   const app = createApp(config, log, options);
-  const tools = allTools(app);
+  const jobs = createJobRunner(config, log, app.shutdown.signal);
+  const pool = createSessionPool(config, log);
+  const tools = allTools(app, {
+    startJob: jobs.start,
+    tools: [...jobTools(jobs), ...agentTools(app, pool, { startJob: jobs.start })],
+    mcpServerCount: async (signal) =>
+      (await pool.list(signal)).servers.filter((s) =>
+        s.status !== "disabled" && s.status !== "self"
+      ).length,
+    jobCacheStats: () => jobs.cacheStats(),
+  });
   let closing: Promise<void> | undefined;
   return {
     app,
     tools,
+    pool,
     close: () => {
       closing ??= (async () => {
         app.shutdown.abort(new DOMException("lmbridge is shutting down", "AbortError"));
+        try {
+          await jobs.close();
+        } finally {
+          await pool.close();
+        }
       })();
       return closing;
     },
   };
+}
+
+/** The session pool for the configured MCP servers file; children inherit a safe environment. */
+function createSessionPool(config: Config, log: Logger): SessionPool {
+  const main = new URL("../main.ts", import.meta.url);
+  const execPath = Deno.execPath();
+  return new SessionPool({
+    configPath: findMcpConfigPath(config.mcpConfigPath, {
+      cwd: Deno.cwd(),
+      home: Deno.env.get("HOME") ?? Deno.env.get("USERPROFILE"),
+    }),
+    env: Deno.env.toObject(),
+    self: {
+      execPath,
+      mainModulePath: main.protocol === "file:" ? fromFileUrl(main) : main.href,
+      // A `deno compile` binary is not called deno and runs its modules from a virtual path.
+      compiled: !/^deno(\.exe)?$/i.test(execPath.split(/[\\/]/).pop() ?? "") ||
+        import.meta.url.includes("deno-compile-"),
+    },
+    idleTtlMs: config.mcpIdleTtlS * 1000,
+    callTimeoutMs: config.mcpCallTimeoutS * 1000,
+    log: (level, msg, fields) => log[level](msg, fields),
+  });
 }

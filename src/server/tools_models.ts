@@ -44,6 +44,8 @@ function modelRow(m: ModelInfo) {
 /** Extra sources of health information (the agent's MCP servers). */
 export interface HealthExtras {
   mcpServerCount?: (signal: AbortSignal) => Promise<number>;
+  /** Sizes of the background jobs kept in memory, for bridge_stats. */
+  jobCacheStats?: () => { size: number; maxSize: number };
 }
 
 export function modelTools(app: App, extras: HealthExtras = {}): ToolDefinition[] {
@@ -294,6 +296,7 @@ export function modelTools(app: App, extras: HealthExtras = {}): ToolDefinition[
       const snap = app.router.snapshot();
       const catalog = app.catalog.cacheStats();
       const conv = app.conversations.stats();
+      const jobs = extras.jobCacheStats?.();
       const structured = {
         requests: app.stats.requests,
         errors_by_code: { ...app.stats.errorsByCode } as Record<string, number>,
@@ -311,6 +314,7 @@ export function modelTools(app: App, extras: HealthExtras = {}): ToolDefinition[
         caches: {
           catalog: { size: catalog.size, max_size: catalog.maxSize },
           conversations: { size: conv.size, max_size: conv.maxSize },
+          ...(jobs ? { jobs: { size: jobs.size, max_size: jobs.maxSize } } : {}),
         },
         latency_ms: app.stats.latency(),
         tokens: { ...app.stats.tokens },
