@@ -8,7 +8,7 @@ import { startDouble } from "./support/lmstudio_double.ts";
 import { bridgeEnv, MAIN, ROOT, startBridge, textOf } from "./support/bridge.ts";
 
 /** A raw lmbridge process: write lines, read JSON-RPC answers by id. */
-async function rawBridge(env: Record<string, string>) {
+function rawBridge(env: Record<string, string>) {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", MAIN],
     env,
@@ -70,7 +70,7 @@ const init = JSON.stringify({
 
 Deno.test("malformed JSON-RPC on stdin gets errors and the server keeps serving", async () => {
   const double = await startDouble();
-  const raw = await rawBridge(bridgeEnv(double.url, { LMBRIDGE_MAX_MESSAGE_BYTES: "65536" }));
+  const raw = rawBridge(bridgeEnv(double.url, { LMBRIDGE_MAX_MESSAGE_BYTES: "65536" }));
   try {
     await raw.write(init);
     await raw.waitFor((m) => m.id === 1);

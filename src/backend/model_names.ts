@@ -62,6 +62,8 @@ export function matchModelId(query: string, ids: readonly string[]): string {
   throw new BridgeError("model_not_found", `no model named "${query}"`, {
     hint: suggestions.length
       ? `did you mean ${suggestions.join(" or ")}? (list_models shows every id)`
+      : ids.length
+      ? `list_models shows the ${ids.length} ids available`
       : "no models are available; download one in LM Studio or check the backend URL",
     details: { suggestions },
   });

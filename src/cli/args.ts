@@ -2,9 +2,11 @@
 import { parseArgs } from "node:util";
 import type { ConfigFlags } from "../config.ts";
 
+/** A command of SPEC §7 (`help` and `version` come from the flags). */
 export type Command = "serve" | "doctor" | "models" | "chat" | "agent" | "help" | "version";
 const COMMANDS = new Set(["serve", "doctor", "models", "chat", "agent"]);
 
+/** The parsed command line. */
 export interface ParsedArgs {
   command: Command;
   positionals: string[];
@@ -56,6 +58,12 @@ export function parseCommandLine(argv: string[]): ParsedArgs {
   if (values.http !== undefined && command !== "serve") {
     throw new UsageError("--http belongs to the serve command");
   }
+  if (!help && (command === "serve" || command === "doctor" || command === "models")) {
+    if (rest.length) throw new UsageError(`${command} takes no argument, got "${rest[0]}"`);
+  }
+  if (!help && command === "chat" && rest.join(" ").trim() === "") {
+    throw new UsageError('chat needs a PROMPT, e.g. lmbridge chat "hello" (or - to read stdin)');
+  }
   return {
     command,
     positionals: rest,
@@ -72,6 +80,7 @@ export function parseCommandLine(argv: string[]): ParsedArgs {
   };
 }
 
+/** `--help` text: `main` and one per command. */
 export const HELP: Record<string, string> = {
   main: `lmbridge — hand work to local models from any MCP client
 
@@ -94,8 +103,11 @@ Exit codes: 0 success, 1 failure, 2 bad usage or configuration.`,
   serve: `lmbridge serve [--http HOST:PORT]
 
 Runs the MCP server. Without --http it speaks MCP over stdio (what Claude Code starts).
-With --http it serves MCP Streamable HTTP on /mcp, plus GET /metrics and GET /healthz.
-Bound to a non-loopback address it requires LMBRIDGE_HTTP_TOKEN.`,
+With --http it serves MCP Streamable HTTP on /mcp, plus GET /metrics (Prometheus) and
+GET /healthz (200 when a backend answers, else 503). HOST defaults to 127.0.0.1 (":8080");
+port 0 picks a free port. The listening URL is printed to stderr.
+Bound to a non-loopback address it requires LMBRIDGE_HTTP_TOKEN; clients then send
+"Authorization: Bearer <token>".`,
   doctor: `lmbridge doctor
 
 Checks each backend (reachable, kind, auth), the models and the default model, and each MCP
@@ -103,10 +115,13 @@ server in the MCP servers file (starts, tool count). Prints a fix for every fail
 Exit code 1 when any check fails.`,
   models: `lmbridge models
 
-Prints a table of every model on every backend.`,
+Prints a table of every model on every backend: id, type, loaded, context length,
+capabilities and backend. Exit code 1 when no backend answers.`,
   chat: `lmbridge chat PROMPT [--model M]
 
-Streams a local model's answer to stdout. On a terminal, reasoning is shown apart (dimmed).`,
+Streams a local model's answer to stdout. On a terminal, reasoning is shown apart (dimmed)
+and a spinner shows waits (model loading); piped, stdout carries the answer only.
+PROMPT "-" reads the prompt from stdin. Errors go to stderr as "Error [code]: …", exit 1.`,
   agent: `lmbridge agent TASK [--mcp NAME]... [--model M]
 
 Runs the agent: the local model works on TASK with the tools of the named MCP servers (all

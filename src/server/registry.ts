@@ -138,7 +138,11 @@ export function installTools(server: Server, tools: ToolDefinition[], options: R
       await progress.close();
       const ms = performance.now() - started;
       options.observe?.({ tool: tool.name, ms });
-      log.info("call done", { elapsed_ms: Math.round(ms), model: out.structured?.model });
+      log.info("call done", {
+        elapsed_ms: Math.round(ms),
+        model: out.structured?.model,
+        backend: out.structured?.backend,
+      });
       const result: CallToolResult = { content: [{ type: "text", text: out.text }] };
       if (out.structured) result.structuredContent = out.structured;
       return result;

@@ -112,38 +112,7 @@ export function agentTools(
     handler: async (args, ctx) => {
       // Unknown server names fail now, not inside a background job.
       await selectServers(host, args.mcp_names, ctx.signal);
-      const run = async (ctx: ToolContext): Promise<ToolOutput> => {
-        const binding = await app.router.bind(args.model, { signal: ctx.signal });
-        let backend: string | undefined;
-        const result = await runAgent({
-          task: args.task,
-          mcpNames: args.mcp_names,
-          allowedTools: args.allowed_tools,
-          maxRounds: args.max_rounds,
-          maxTokens: args.max_tokens,
-          model: binding.model,
-          contextLength: binding.entries[0]?.contextLength,
-          toolResultMaxChars: app.config.toolResultMaxChars,
-          host,
-          signal: ctx.signal,
-          onEvent: (event) => report(ctx, event),
-          chat: async (body, handlers) => {
-            const { value, backend: used } = await app.router.run(
-              binding,
-              {
-                signal: ctx.signal,
-                deadline: ctx.deadline,
-                onStatus: (message) => ctx.progress.status(message),
-              },
-              (client) => client.chat(body, handlers),
-            );
-            backend = used;
-            app.stats.addUsage(value.usage);
-            return value;
-          },
-        });
-        return formatResult(result, backend);
-      };
+      const run = (ctx: ToolContext) => runAgentTool(app, host, args, ctx);
       if (!args.background) return run(ctx);
       if (!extras.startJob) {
         throw new BridgeError("unsupported", "background jobs are not available", {
@@ -155,6 +124,58 @@ export function agentTools(
   });
 
   return [listAvailableMcps, autonomous];
+}
+
+/** What `autonomous_with_mcp` (and `lmbridge agent`) take. */
+export interface AgentToolArgs {
+  task: string;
+  mcp_names?: string[];
+  allowed_tools?: string[];
+  max_rounds?: number;
+  max_tokens?: number;
+  model?: string;
+}
+
+/**
+ * One agent run: binds the model once, runs the loop with every round on that binding, and
+ * reports each step as progress.
+ */
+export async function runAgentTool(
+  app: App,
+  host: AgentToolHost,
+  args: AgentToolArgs,
+  ctx: ToolContext,
+): Promise<ToolOutput> {
+  const binding = await app.router.bind(args.model, { signal: ctx.signal });
+  let backend: string | undefined;
+  const result = await runAgent({
+    task: args.task,
+    mcpNames: args.mcp_names,
+    allowedTools: args.allowed_tools,
+    maxRounds: args.max_rounds,
+    maxTokens: args.max_tokens,
+    model: binding.model,
+    contextLength: binding.entries[0]?.contextLength,
+    toolResultMaxChars: app.config.toolResultMaxChars,
+    host,
+    signal: ctx.signal,
+    onEvent: (event) => report(ctx, event),
+    chat: async (body, handlers) => {
+      const { value, backend: used } = await app.router.run(
+        binding,
+        {
+          signal: ctx.signal,
+          deadline: ctx.deadline,
+          onStatus: (message) => ctx.progress.status(message),
+        },
+        (client) => client.chat(body, handlers),
+      );
+      backend = used;
+      app.stats.addUsage(value.usage);
+      return value;
+    },
+  });
+  return formatResult(result, backend);
 }
 
 /** One progress line per agent step; answer text goes out as text. */

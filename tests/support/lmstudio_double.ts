@@ -1205,7 +1205,8 @@ class Double implements LmStudioDouble {
     if (notLoaded) return notLoaded;
 
     const user = lastUserText(messages);
-    const reply = this.#takeReply(model.id, body.model, user.text);
+    const reply = this.#takeReply(model.id, body.model, user.text) ??
+      directedToolReply(messages, body.tools);
     let echo = `[${model.id}] You said: ${user.text}`;
     if (user.images) echo += ` (+${user.images} images)`;
     if (!reply && format?.type === "json_schema") {
@@ -2054,3 +2055,25 @@ async function main(args: string[]): Promise<void> {
 }
 
 if (import.meta.main) await main(Deno.args);
+
+/**
+ * Lets a person drive an agent by hand against the double (no scripting API needed): with
+ * tools offered, a task containing `CALL <tool> <json arguments>` makes the model call that
+ * tool (the name may omit the `server__` prefix); once the tool answered, the model reports
+ * what the tool said.
+ */
+function directedToolReply(messages: unknown[], tools: unknown): ScriptedReply | undefined {
+  if (!Array.isArray(tools) || tools.length === 0) return undefined;
+  const last = asRecord(messages.at(-1));
+  if (last?.role === "tool") {
+    const said = messageText(last).slice(0, 500);
+    return { content: `The tool answered: ${said}` };
+  }
+  const text = lastUserText(messages).text;
+  const m = /CALL\s+([\w.-]+)\s*(\{[\s\S]*\})?/.exec(text);
+  if (!m) return undefined;
+  const names = tools.map((t) => String(asRecord(asRecord(t)?.function)?.name ?? ""));
+  const name = names.find((n) => n === m[1]) ?? names.find((n) => n.endsWith(`__${m[1]}`));
+  if (!name) return undefined;
+  return { content: "", toolCalls: [{ name, arguments: m[2] ?? "{}" }] };
+}

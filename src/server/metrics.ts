@@ -1,0 +1,260 @@
+/**
+ * `GET /metrics`: lmbridge's counters in the Prometheus text format (version 0.0.4), from
+ * the shared BridgeStats and the router's limiter snapshot.
+ */
+import type { App } from "../app.ts";
+import type { BridgeStats } from "./stats.ts";
+
+/** Upper bounds (seconds) of the request duration histogram buckets. */
+export const DURATION_BUCKETS_S = [
+  0.05,
+  0.1,
+  0.25,
+  0.5,
+  1,
+  2.5,
+  5,
+  10,
+  30,
+  60,
+  120,
+  300,
+  600,
+] as const;
+
+/** The content type of the Prometheus text format. */
+export const METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
+
+/** One sample line of a metric family. */
+export interface MetricSample {
+  /** Appended to the family name (`_bucket`, `_sum`, `_count`). */
+  suffix?: string;
+  labels?: Record<string, string>;
+  value: number;
+}
+/** A metric family: its HELP, TYPE and samples. */
+export interface MetricFamily {
+  name: string;
+  help: string;
+  type: "counter" | "gauge" | "histogram";
+  samples: MetricSample[];
+}
+
+/**
+ * A cumulative histogram fed from BridgeStats' window of recent latencies: each scrape adds
+ * the calls recorded since the previous one, so bucket counts only grow (as Prometheus
+ * requires). Calls that fell out of the window between two scrapes (more than its size)
+ * are not in the histogram.
+ */
+export class DurationHistogram {
+  readonly #stats: BridgeStats;
+  readonly buckets = new Array<number>(DURATION_BUCKETS_S.length).fill(0);
+  count = 0;
+  sumSeconds = 0;
+  #seen = 0;
+
+  constructor(stats: BridgeStats) {
+    this.#stats = stats;
+  }
+
+  /** Takes in the calls recorded since the last call. */
+  update(): void {
+    const total = this.#stats.requests;
+    const window = this.#stats.recentLatencies();
+    // The i-th call's latency sits at i % window.length once the ring is full.
+    const size = window.length;
+    const from = Math.max(this.#seen, total - size);
+    for (let i = from; i < total; i++) this.#observe(window[i % size] / 1000);
+    this.#seen = total;
+  }
+
+  #observe(seconds: number) {
+    this.count++;
+    this.sumSeconds += seconds;
+    for (let b = 0; b < DURATION_BUCKETS_S.length; b++) {
+      if (seconds <= DURATION_BUCKETS_S[b]) this.buckets[b]++;
+    }
+  }
+}
+
+/**
+ * Renders lmbridge's metrics for one scrape.
+ *
+ * @example
+ * const metrics = new PrometheusMetrics(app, { sessions: () => sessions.size });
+ * new Response(metrics.render(), { headers: { "content-type": METRICS_CONTENT_TYPE } });
+ */
+export class PrometheusMetrics {
+  readonly #app: App;
+  readonly #histogram: DurationHistogram;
+  readonly #sessions?: () => number;
+
+  constructor(app: App, options: { sessions?: () => number } = {}) {
+    this.#app = app;
+    this.#histogram = new DurationHistogram(app.stats);
+    this.#sessions = options.sessions;
+  }
+
+  /** The metrics text. */
+  render(): string {
+    const { stats, router } = this.#app;
+    const snap = router.snapshot();
+    this.#histogram.update();
+    const h = this.#histogram;
+
+    const requests: MetricSample[] = Object.entries(stats.byToolAndCode).map(([key, value]) => {
+      const bar = key.lastIndexOf("|");
+      return { labels: { tool: key.slice(0, bar), code: key.slice(bar + 1) }, value };
+    });
+    const inFlightByBackend: MetricSample[] = [];
+    const inFlightByModel: MetricSample[] = [];
+    let inFlight = 0;
+    for (const [key, value] of Object.entries(snap.inFlight)) {
+      if (key.startsWith("backend:")) {
+        inFlight += value;
+        inFlightByBackend.push({ labels: { backend: key.slice("backend:".length) }, value });
+      } else if (key.startsWith("model:")) {
+        const [backend, model] = splitOnce(key.slice("model:".length), "|");
+        inFlightByModel.push({ labels: { backend, model }, value });
+      }
+    }
+    const cooldowns = Object.entries(router.cooldowns()).map(([backend, value]) => ({
+      labels: { backend },
+      value,
+    }));
+
+    const families: MetricFamily[] = [
+      {
+        name: "lmbridge_requests_total",
+        help: "Finished MCP tool calls by tool and result code (ok or a SPEC error code).",
+        type: "counter",
+        samples: requests,
+      },
+      {
+        name: "lmbridge_request_duration_seconds",
+        help: "Duration of MCP tool calls.",
+        type: "histogram",
+        samples: [
+          ...DURATION_BUCKETS_S.map((le, i) => ({
+            suffix: "_bucket",
+            labels: { le: String(le) },
+            value: h.buckets[i],
+          })),
+          { suffix: "_bucket", labels: { le: "+Inf" }, value: h.count },
+          { suffix: "_sum", value: h.sumSeconds },
+          { suffix: "_count", value: h.count },
+        ],
+      },
+      {
+        name: "lmbridge_in_flight",
+        help: "Upstream requests holding a slot, all backends together.",
+        type: "gauge",
+        samples: [{ value: inFlight }],
+      },
+      {
+        name: "lmbridge_backend_in_flight",
+        help: "Upstream requests holding a slot, per backend.",
+        type: "gauge",
+        samples: inFlightByBackend,
+      },
+      {
+        name: "lmbridge_model_in_flight",
+        help: "Upstream requests holding a slot, per backend and model.",
+        type: "gauge",
+        samples: inFlightByModel,
+      },
+      {
+        name: "lmbridge_queued",
+        help: "Requests waiting for a slot.",
+        type: "gauge",
+        samples: [{ value: snap.queued }],
+      },
+      {
+        name: "lmbridge_queue_rejected_total",
+        help: "Requests refused as overloaded (queue full or queue timeout).",
+        type: "counter",
+        samples: [{ value: snap.rejected }],
+      },
+      {
+        name: "lmbridge_tokens_total",
+        help: "Tokens processed by the model servers.",
+        type: "counter",
+        samples: [
+          { labels: { kind: "prompt" }, value: stats.tokens.prompt },
+          { labels: { kind: "completion" }, value: stats.tokens.completion },
+        ],
+      },
+      {
+        name: "lmbridge_upstream_retries_total",
+        help: "Upstream calls retried.",
+        type: "counter",
+        samples: [{ value: snap.retries }],
+      },
+      {
+        name: "lmbridge_failovers_total",
+        help: "Requests moved to another backend after one was unreachable.",
+        type: "counter",
+        samples: [{ value: snap.failovers }],
+      },
+      {
+        name: "lmbridge_model_loads_total",
+        help: "Model loads started by lmbridge.",
+        type: "counter",
+        samples: [{ value: snap.loads }],
+      },
+      {
+        name: "lmbridge_backend_cooldown_seconds",
+        help: "Seconds left of a backend's cooldown after connection failures (0 when healthy).",
+        type: "gauge",
+        samples: cooldowns,
+      },
+      {
+        name: "lmbridge_start_time_seconds",
+        help: "Start time of lmbridge since the Unix epoch.",
+        type: "gauge",
+        samples: [{ value: stats.started / 1000 }],
+      },
+    ];
+    if (this.#sessions) {
+      families.push({
+        name: "lmbridge_http_sessions",
+        help: "Open MCP sessions on the HTTP transport.",
+        type: "gauge",
+        samples: [{ value: this.#sessions() }],
+      });
+    }
+    return formatPrometheus(families);
+  }
+}
+
+/** Prometheus text exposition of metric families. */
+export function formatPrometheus(families: MetricFamily[]): string {
+  let out = "";
+  for (const f of families) {
+    out += `# HELP ${f.name} ${f.help.replace(/\\/g, "\\\\").replace(/\n/g, "\\n")}\n`;
+    out += `# TYPE ${f.name} ${f.type}\n`;
+    for (const s of f.samples) {
+      const labels = s.labels && Object.keys(s.labels).length
+        ? `{${Object.entries(s.labels).map(([k, v]) => `${k}="${escapeLabel(v)}"`).join(",")}}`
+        : "";
+      out += `${f.name}${s.suffix ?? ""}${labels} ${formatValue(s.value)}\n`;
+    }
+  }
+  return out;
+}
+
+function escapeLabel(value: string): string {
+  return value.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
+}
+
+function formatValue(n: number): string {
+  if (Number.isNaN(n)) return "NaN";
+  if (n === Infinity) return "+Inf";
+  if (n === -Infinity) return "-Inf";
+  return String(n);
+}
+
+function splitOnce(s: string, sep: string): [string, string] {
+  const i = s.indexOf(sep);
+  return i < 0 ? [s, ""] : [s.slice(0, i), s.slice(i + sep.length)];
+}
