@@ -312,3 +312,25 @@ Deno.test("load: 200 concurrent calls over 3 models, each gets its own answer", 
     await double.close();
   }
 });
+
+Deno.test("LMBRIDGE_RPS spaces requests to a backend", async () => {
+  const double = await startDouble();
+  const bridge = await startBridge(bridgeEnv(double.url, { LMBRIDGE_RPS: "4" }));
+  try {
+    await bridge.call("chat_completion", { prompt: "first" });
+    const started = Date.now();
+    const results = await Promise.all(
+      Array.from({ length: 6 }, (_, i) => bridge.call("chat_completion", { prompt: `r${i}` })),
+    );
+    for (const [i, r] of results.entries()) {
+      assert.equal(textOf(r), `[qwen/qwen3-4b] You said: r${i}`);
+    }
+    // 6 requests at 4 per second need at least ~1.25 s after the first token is spent.
+    assert.ok(Date.now() - started >= 1_000, `took ${Date.now() - started} ms`);
+    const times = chats(double).slice(1).map((q) => q.startedAt).sort((a, b) => a - b);
+    assert.ok(times.at(-1)! - times[0] >= 1_000, "arrivals are spread out");
+  } finally {
+    await bridge.close();
+    await double.close();
+  }
+});

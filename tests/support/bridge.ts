@@ -9,6 +9,11 @@ import type { CallToolResult } from "@modelcontextprotocol/sdk/types.js";
 export const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 export const ROOT = new URL("../../", import.meta.url).pathname;
 
+/** The permissions `deno task start` grants: tests run lmbridge with exactly these. */
+export const START_PERMISSIONS: string[] = (JSON.parse(
+  Deno.readTextFileSync(`${ROOT}/deno.json`),
+).tasks.start as string).split(/\s+/).filter((w) => w.startsWith("--allow-"));
+
 export interface Bridge {
   client: Client;
   /** Everything lmbridge wrote to stderr so far. */
@@ -52,7 +57,7 @@ export async function startBridge(
 ): Promise<Bridge> {
   const transport = new StdioClientTransport({
     command: Deno.execPath(),
-    args: ["run", "-A", MAIN, ...args],
+    args: ["run", ...START_PERMISSIONS, MAIN, ...args],
     env,
     stderr: "pipe",
     cwd: ROOT,
