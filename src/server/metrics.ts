@@ -3,24 +3,7 @@
  * the shared BridgeStats and the router's limiter snapshot.
  */
 import type { App } from "../app.ts";
-import type { BridgeStats } from "./stats.ts";
-
-/** Upper bounds (seconds) of the request duration histogram buckets. */
-export const DURATION_BUCKETS_S = [
-  0.05,
-  0.1,
-  0.25,
-  0.5,
-  1,
-  2.5,
-  5,
-  10,
-  30,
-  60,
-  120,
-  300,
-  600,
-] as const;
+import { DURATION_BUCKETS_S } from "./stats.ts";
 
 /** The content type of the Prometheus text format. */
 export const METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
@@ -41,43 +24,6 @@ export interface MetricFamily {
 }
 
 /**
- * A cumulative histogram fed from BridgeStats' window of recent latencies: each scrape adds
- * the calls recorded since the previous one, so bucket counts only grow (as Prometheus
- * requires). Calls that fell out of the window between two scrapes (more than its size)
- * are not in the histogram.
- */
-export class DurationHistogram {
-  readonly #stats: BridgeStats;
-  readonly buckets = new Array<number>(DURATION_BUCKETS_S.length).fill(0);
-  count = 0;
-  sumSeconds = 0;
-  #seen = 0;
-
-  constructor(stats: BridgeStats) {
-    this.#stats = stats;
-  }
-
-  /** Takes in the calls recorded since the last call. */
-  update(): void {
-    const total = this.#stats.requests;
-    const window = this.#stats.recentLatencies();
-    // The i-th call's latency sits at i % window.length once the ring is full.
-    const size = window.length;
-    const from = Math.max(this.#seen, total - size);
-    for (let i = from; i < total; i++) this.#observe(window[i % size] / 1000);
-    this.#seen = total;
-  }
-
-  #observe(seconds: number) {
-    this.count++;
-    this.sumSeconds += seconds;
-    for (let b = 0; b < DURATION_BUCKETS_S.length; b++) {
-      if (seconds <= DURATION_BUCKETS_S[b]) this.buckets[b]++;
-    }
-  }
-}
-
-/**
  * Renders lmbridge's metrics for one scrape.
  *
  * @example
@@ -86,12 +32,10 @@ export class DurationHistogram {
  */
 export class PrometheusMetrics {
   readonly #app: App;
-  readonly #histogram: DurationHistogram;
   readonly #sessions?: () => number;
 
   constructor(app: App, options: { sessions?: () => number } = {}) {
     this.#app = app;
-    this.#histogram = new DurationHistogram(app.stats);
     this.#sessions = options.sessions;
   }
 
@@ -99,8 +43,6 @@ export class PrometheusMetrics {
   render(): string {
     const { stats, router } = this.#app;
     const snap = router.snapshot();
-    this.#histogram.update();
-    const h = this.#histogram;
 
     const requests: MetricSample[] = Object.entries(stats.byToolAndCode).map(([key, value]) => {
       const bar = key.lastIndexOf("|");
@@ -138,11 +80,11 @@ export class PrometheusMetrics {
           ...DURATION_BUCKETS_S.map((le, i) => ({
             suffix: "_bucket",
             labels: { le: String(le) },
-            value: h.buckets[i],
+            value: stats.durationBuckets[i],
           })),
-          { suffix: "_bucket", labels: { le: "+Inf" }, value: h.count },
-          { suffix: "_sum", value: h.sumSeconds },
-          { suffix: "_count", value: h.count },
+          { suffix: "_bucket", labels: { le: "+Inf" }, value: stats.requests },
+          { suffix: "_sum", value: stats.durationSumS },
+          { suffix: "_count", value: stats.requests },
         ],
       },
       {

@@ -3,6 +3,27 @@ import type { ErrorCode } from "../util/errors.ts";
 
 const WINDOW = 2048;
 
+/** Upper bounds (seconds) of the call duration histogram buckets. */
+export const DURATION_BUCKETS_S = [
+  0.001,
+  0.005,
+  0.01,
+  0.025,
+  0.05,
+  0.1,
+  0.25,
+  0.5,
+  1,
+  2.5,
+  5,
+  10,
+  30,
+  60,
+  120,
+  300,
+  600,
+] as const;
+
 export class BridgeStats {
   requests = 0;
   readonly byTool: Record<string, number> = {};
@@ -12,6 +33,9 @@ export class BridgeStats {
   readonly #latencies = new Float64Array(WINDOW);
   #count = 0;
   readonly started = Date.now();
+  /** Cumulative counts per bucket of DURATION_BUCKETS_S (every call since start). */
+  readonly durationBuckets: number[] = new Array(DURATION_BUCKETS_S.length).fill(0);
+  durationSumS = 0;
 
   /** Records one finished call. */
   record(event: { tool: string; ms: number; code?: ErrorCode }) {
@@ -23,6 +47,11 @@ export class BridgeStats {
     this.byToolAndCode[key] = (this.byToolAndCode[key] ?? 0) + 1;
     this.#latencies[this.#count % WINDOW] = event.ms;
     this.#count++;
+    const seconds = event.ms / 1000;
+    this.durationSumS += seconds;
+    for (let b = DURATION_BUCKETS_S.length - 1; b >= 0 && seconds <= DURATION_BUCKETS_S[b]; b--) {
+      this.durationBuckets[b]++;
+    }
   }
 
   /** Adds token usage of a generation. */
@@ -39,10 +68,5 @@ export class BridgeStats {
     const sorted = Array.from(this.#latencies.subarray(0, n)).sort((a, b) => a - b);
     const at = (q: number) => Math.round(sorted[Math.min(n - 1, Math.floor(q * n))] * 10) / 10;
     return { p50: at(0.5), p99: at(0.99) };
-  }
-
-  /** Recent latencies (ms) for the Prometheus histogram. */
-  recentLatencies(): number[] {
-    return Array.from(this.#latencies.subarray(0, Math.min(this.#count, WINDOW)));
   }
 }
