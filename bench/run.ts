@@ -75,22 +75,41 @@ async function addedLatency(): Promise<string[]> {
 async function concurrent(): Promise<string[]> {
   const count = quick ? 100 : 500;
   const upstreamMs = 200;
-  const double = await startDouble({ chunkSize: 64 });
-  double.addFault({
-    path: "/v1/chat/completions",
-    times: Infinity,
-    fault: { kind: "first_byte_delay", ms: upstreamMs },
-  });
-  const bridge = await startBridge(bridgeEnv(double.url, {
+  // The double runs in its own process here, so the burst measures lmbridge, not the
+  // benchmark process serving 500 streams itself.
+  const double = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      new URL("../tests/support/lmstudio_double.ts", import.meta.url).pathname,
+      "--port",
+      "0",
+      "--quiet",
+      "--first-byte-delay-ms",
+      String(upstreamMs),
+    ],
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const reader = double.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let banner = "";
+  while (!banner.includes("\n")) banner += (await reader.read()).value ?? "";
+  reader.releaseLock();
+  const url = /http:\/\/[\d.:]+/.exec(banner)![0];
+  const bridge = await startBridge(bridgeEnv(url, {
     LOG_LEVEL: "warn",
     LMBRIDGE_MAX_INFLIGHT_PER_BACKEND: String(count),
     LMBRIDGE_MAX_INFLIGHT_PER_MODEL: String(count),
   }));
   try {
-    await bridge.call("chat_completion", { prompt: "warm" });
+    // Warm both paths with a burst of the same size first (JIT, connection pools).
+    await Promise.all(Array.from({ length: count }, (_, i) => directCall(url, `w${i}`)));
+    await Promise.all(
+      Array.from({ length: count }, (_, i) => bridge.call("chat_completion", { prompt: `w${i}` })),
+    );
     // Baseline in the same run: the same burst sent directly to the double.
     let t = performance.now();
-    await Promise.all(Array.from({ length: count }, (_, i) => directCall(double.url, `d${i}`)));
+    await Promise.all(Array.from({ length: count }, (_, i) => directCall(url, `d${i}`)));
     const direct = performance.now() - t;
     t = performance.now();
     const results = await Promise.all(
@@ -109,12 +128,14 @@ async function concurrent(): Promise<string[]> {
         ratio <= 1.3 ? "met" : "missed"
       }) |`,
       "",
-      `Failed calls: ${failed}. Caps raised to ${count} for this run (defaults would queue them: 16 per backend).`,
+      `Failed calls: ${failed}. Caps raised to ${count} for this run (defaults would queue them: 16 per backend). The double runs in a process of its own.`,
       "",
     ];
   } finally {
     await bridge.close();
-    await double.close();
+    double.kill("SIGTERM");
+    await double.status;
+    await double.stdout.cancel().catch(() => {});
   }
 }
 
@@ -181,19 +202,29 @@ if (import.meta.main) {
   ];
   const text = sections.join("\n");
   console.log(text);
-  const agent = new URL("./agent_session.ts", import.meta.url);
-  let agentText = "";
-  try {
-    await Deno.stat(agent);
+  // The other benchmarks run as their own processes so each measures a fresh lmbridge.
+  const others: string[] = [];
+  for (
+    const [file, args] of [["agent_session.ts", []], [
+      "soak.ts",
+      quick ? ["--requests", "20000"] : [],
+    ]] as const
+  ) {
     const out = await new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", agent.pathname, ...(quick ? ["--quick"] : [])],
+      args: [
+        "run",
+        "-A",
+        new URL(`./${file}`, import.meta.url).pathname,
+        ...args,
+        ...(quick ? ["--quick"] : []),
+      ],
       stderr: "inherit",
     }).output();
-    agentText = new TextDecoder().decode(out.stdout);
-    console.log(agentText);
-  } catch {
-    agentText = "";
+    const section = new TextDecoder().decode(out.stdout);
+    console.log(section);
+    others.push(section);
   }
+  const agentText = others.join("\n");
   if (!Deno.args.includes("--no-write")) {
     const header = "# lmbridge benchmark results\n\nWritten by `deno task bench`.\n\n";
     await Deno.writeTextFile(

@@ -30,6 +30,7 @@ export class LineTransport implements Transport {
   #reader?: ReadableStreamDefaultReader<Uint8Array>;
   #closed = false;
   #writeChain: Promise<void> = Promise.resolve();
+  #pending: Uint8Array[] = [];
 
   constructor(options: LineTransportOptions = {}) {
     this.#input = options.input ?? Deno.stdin.readable;
@@ -117,11 +118,21 @@ export class LineTransport implements Transport {
 
   #write(message: unknown): Promise<void> {
     if (this.#closed) return Promise.resolve();
-    const bytes = this.#encoder.encode(JSON.stringify(message) + "\n");
-    this.#writeChain = this.#writeChain.then(() => this.#writer.write(bytes)).catch((err) => {
+    this.#pending.push(this.#encoder.encode(JSON.stringify(message) + "\n"));
+    // Messages queued while a write is in progress go out together in the next write: one
+    // syscall for many answers when hundreds of requests finish at once.
+    this.#writeChain = this.#writeChain.then(() => this.#flush()).catch((err) => {
       this.onerror?.(err as Error);
     });
     return this.#writeChain;
+  }
+
+  async #flush(): Promise<void> {
+    if (!this.#pending.length) return;
+    const parts = this.#pending;
+    this.#pending = [];
+    const size = parts.reduce((n, p) => n + p.length, 0);
+    await this.#writer.write(concat(parts, size));
   }
 
   async close(): Promise<void> {

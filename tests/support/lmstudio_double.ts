@@ -112,6 +112,8 @@ export interface DoubleOptions {
   /** Delay between SSE chunks (and per chunk of a non-streamed answer); default 0. */
   chunkDelayMs?: number;
   /** Time a JIT or native load takes; default 0. */
+  /** Every generation request waits this long before its first byte (default 0). */
+  firstByteDelayMs?: number;
   loadDelayMs?: number;
   /** Default true: a request for an unloaded model loads it; false: 400 "not loaded". */
   jit?: boolean;
@@ -167,6 +169,16 @@ export interface LmStudioDouble {
 export async function startDouble(options: DoubleOptions = {}): Promise<LmStudioDouble> {
   const double = new Double(options);
   await double.start();
+  if (options.firstByteDelayMs) {
+    // A server that always takes this long to start answering (a busy GPU).
+    for (const path of ["/v1/chat/completions", "/v1/completions", "/v1/responses"]) {
+      double.addFault({
+        path,
+        fault: { kind: "first_byte_delay", ms: options.firstByteDelayMs },
+        times: Infinity,
+      });
+    }
+  }
   return double;
 }
 
@@ -1968,6 +1980,7 @@ const USAGE = `Usage: deno run -A tests/support/lmstudio_double.ts [options]
   --api-key K         require Authorization: Bearer K
   --chunk-delay-ms N  delay between streamed chunks (default 0)
   --load-delay-ms N   time a model load takes (default 0)
+  --first-byte-delay-ms N  every generation waits N ms before answering (default 0)
   --no-jit            refuse requests for unloaded models
   --quiet             no request log on stderr`;
 
@@ -2018,6 +2031,9 @@ export function parseDoubleArgs(args: string[]): DoubleOptions {
         break;
       case "--load-delay-ms":
         options.loadDelayMs = numberOf(flag, next());
+        break;
+      case "--first-byte-delay-ms":
+        options.firstByteDelayMs = numberOf(flag, next());
         break;
       case "--no-jit":
         options.jit = false;
