@@ -130,6 +130,12 @@ async function concurrent(): Promise<string[]> {
       "",
       `Failed calls: ${failed}. Caps raised to ${count} for this run (defaults would queue them: 16 per backend). The double runs in a process of its own.`,
       "",
+      `lmbridge against the same-run direct baseline: ${(wall / direct).toFixed(2)}× (${
+        ((wall - direct) / count).toFixed(2)
+      } ms of extra wall time per call). On this machine even the direct burst is ${
+        (direct / upstreamMs).toFixed(2)
+      }× the ideal: ${count} streams, the MCP client, lmbridge and the double share ${navigator.hardwareConcurrency} cores, so the burst is CPU-bound, not waiting on a lock or a queue (no call queued: the caps were raised).`,
+      "",
     ];
   } finally {
     await bridge.close();
