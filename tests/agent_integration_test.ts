@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { type RecordedRequest, startDouble } from "./support/lmstudio_double.ts";
 import { bridgeEnv, startBridge, textOf } from "./support/bridge.ts";
+import { DENO_RUN, isRunning, MCP_SERVERS } from "./support/helpers.ts";
 import { delay } from "../src/util/async.ts";
 import type { ChatMessage } from "../src/backend/types.ts";
 
@@ -15,18 +16,7 @@ import type { ChatMessage } from "../src/backend/types.ts";
 type Structured = Record<string, any>;
 
 const FAULTY = new URL("./support/faulty_mcp_server.ts", import.meta.url).pathname;
-// Children run without our deno.json / deno.lock so they never touch the project's lock file.
-const DENO_RUN = ["run", "-A", "--no-config", "--no-lock"];
 const CHAT = "/v1/chat/completions";
-
-function running(pid: number): boolean {
-  try {
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
-  } catch {
-    return false;
-  }
-}
 
 async function waitFor(what: string, check: () => boolean, ms = 10_000): Promise<void> {
   const deadline = Date.now() + ms;
@@ -50,16 +40,16 @@ Deno.test("the agent uses real MCP servers through lmbridge", async (t) => {
   const servers: Record<string, unknown> = {
     filesystem: {
       command: Deno.execPath(),
-      args: [...DENO_RUN, "npm:@modelcontextprotocol/server-filesystem@2026.8.31", files],
+      args: [...DENO_RUN, MCP_SERVERS.filesystem, files],
     },
     memory: {
       command: Deno.execPath(),
-      args: [...DENO_RUN, "npm:@modelcontextprotocol/server-memory@2026.8.31"],
+      args: [...DENO_RUN, MCP_SERVERS.memory],
       env: { MEMORY_FILE_PATH: join(dir, "memory.jsonl") },
     },
     everything: {
       command: Deno.execPath(),
-      args: [...DENO_RUN, "npm:@modelcontextprotocol/server-everything@2026.8.31", "stdio"],
+      args: [...DENO_RUN, MCP_SERVERS.everything, "stdio"],
     },
     broken: faulty("exit"),
     garbage: faulty("garbage"),
@@ -464,7 +454,7 @@ Deno.test("the agent uses real MCP servers through lmbridge", async (t) => {
   } finally {
     for (const line of faultyEvents("start")) seenPids.add(Number(line.split(" ")[1]));
     const bridgePid = bridge.pid;
-    const aliveBefore = [...seenPids].filter(running);
+    const aliveBefore = [...seenPids].filter(isRunning);
     await bridge.close();
     await double.close();
     try {
@@ -472,7 +462,7 @@ Deno.test("the agent uses real MCP servers through lmbridge", async (t) => {
         assert.ok(aliveBefore.length >= 4, `running before close: ${aliveBefore}`);
         await waitFor(
           "every MCP server and lmbridge to end",
-          () => [...seenPids, bridgePid ?? 0].every((pid) => !pid || !running(pid)),
+          () => [...seenPids, bridgePid ?? 0].every((pid) => !pid || !isRunning(pid)),
         );
       });
     } finally {

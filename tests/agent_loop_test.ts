@@ -14,6 +14,7 @@ import type {
 } from "../src/downstream/session_pool.ts";
 import { abortable, delay } from "../src/util/async.ts";
 import { BridgeError } from "../src/util/errors.ts";
+import { rejection } from "./support/helpers.ts";
 
 // --- fakes ---------------------------------------------------------------------------------
 
@@ -116,16 +117,6 @@ function options(host: AgentToolHost, chat: AgentChat, extra: Partial<AgentOptio
     ...extra,
   };
   return { opts, events };
-}
-
-async function rejection(promise: Promise<unknown>): Promise<BridgeError> {
-  try {
-    await promise;
-  } catch (err) {
-    assert.ok(err instanceof BridgeError, `expected a BridgeError, got ${err}`);
-    return err;
-  }
-  assert.fail("expected a rejection");
 }
 
 const messagesOf = (body: Record<string, unknown>) => body.messages as ChatMessage[];

@@ -7,9 +7,9 @@
 import assert from "node:assert/strict";
 import { type Fault, startDouble } from "./support/lmstudio_double.ts";
 import { bridgeEnv, startBridge, textOf } from "./support/bridge.ts";
+import { DENO_RUN, MCP_SERVERS } from "./support/helpers.ts";
 
 const FAULTY = new URL("./support/faulty_mcp_server.ts", import.meta.url).pathname;
-const DENO_RUN = ["run", "-A", "--no-config", "--no-lock"];
 
 /** Pids of live processes whose environment holds `marker`. */
 function processesMarked(marker: string): number[] {
@@ -91,7 +91,7 @@ Deno.test("chaos: mixed load under every fault loses and mixes up nothing", asyn
       mcpServers: {
         memory: {
           command: Deno.execPath(),
-          args: [...DENO_RUN, "npm:@modelcontextprotocol/server-memory@2026.8.31"],
+          args: [...DENO_RUN, MCP_SERVERS.memory],
           env: { MEMORY_FILE_PATH: `${dir}/memory.jsonl`, ...markEnv },
         },
         slow: { command: Deno.execPath(), args: [...DENO_RUN, FAULTY, "slow"], env: markEnv },

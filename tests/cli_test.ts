@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { startDouble } from "./support/lmstudio_double.ts";
 import { bridgeEnv, MAIN, ROOT } from "./support/bridge.ts";
+import { deadUrl, DENO_RUN, MCP_SERVERS } from "./support/helpers.ts";
 import { formatTable, type OutputStream, Terminal } from "../src/cli/terminal.ts";
 
 const FAULTY = new URL("./support/faulty_mcp_server.ts", import.meta.url).pathname;
@@ -33,14 +34,6 @@ async function lmbridge(args: string[], env: Record<string, string>): Promise<Ru
     stdout: decoder.decode(out.stdout),
     stderr: decoder.decode(out.stderr),
   };
-}
-
-/** A backend URL where nothing listens. */
-function deadUrl(): string {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  return `http://127.0.0.1:${port}`;
 }
 
 Deno.test("--help and --version print to stdout and exit 0", async () => {
@@ -332,13 +325,7 @@ Deno.test("agent runs a task with a real MCP server, streaming its steps", async
       mcpServers: {
         memory: {
           command: Deno.execPath(),
-          args: [
-            "run",
-            "-A",
-            "--no-config",
-            "--no-lock",
-            "npm:@modelcontextprotocol/server-memory@2026.8.31",
-          ],
+          args: [...DENO_RUN, MCP_SERVERS.memory],
           env: { MEMORY_FILE_PATH: memoryFile },
         },
       },

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { type LmStudioDouble, startDouble } from "./support/lmstudio_double.ts";
 import { bridgeEnv, startBridge, textOf } from "./support/bridge.ts";
+import { freePort } from "./support/helpers.ts";
 
 // deno-lint-ignore no-explicit-any
 type Structured = Record<string, any>;
@@ -232,9 +233,7 @@ Deno.test("a slow first byte (JIT load) within the timeout still answers", async
 });
 
 Deno.test("a backend down at start is used once it comes up", async () => {
-  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (probe.addr as Deno.NetAddr).port;
-  probe.close();
+  const port = freePort();
   const bridge = await startBridge(bridgeEnv(`http://127.0.0.1:${port}`));
   try {
     const down = await bridge.call("chat_completion", { prompt: "x" });

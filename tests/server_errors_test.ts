@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { startDouble } from "./support/lmstudio_double.ts";
 import { bridgeEnv, startBridge, textOf } from "./support/bridge.ts";
+import { deadUrl } from "./support/helpers.ts";
 
 /** Asserts an isError result whose text starts `Error [code]:`. */
 function assertError(result: { isError?: boolean; content: unknown[] }, code: string) {
@@ -45,10 +46,7 @@ Deno.test("bad arguments are invalid_request naming the field, and the server ke
 });
 
 Deno.test("a dead backend is backend_unreachable within seconds and the server keeps serving", async () => {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close(); // nothing listens there now
-  const bridge = await startBridge(bridgeEnv(`http://127.0.0.1:${port}`));
+  const bridge = await startBridge(bridgeEnv(deadUrl()));
   try {
     const started = Date.now();
     const r = await bridge.call("chat_completion", { prompt: "hi", model: "qwen/qwen3-4b" });

@@ -9,6 +9,7 @@ import { SessionPool, type SessionPoolOptions } from "../src/downstream/session_
 import type { SelfIdentity } from "../src/downstream/mcp_config.ts";
 import { BridgeError } from "../src/util/errors.ts";
 import { delay } from "../src/util/async.ts";
+import { DENO_RUN, isRunning, MCP_SERVERS, rejection } from "./support/helpers.ts";
 
 const FAULTY = new URL("./support/faulty_mcp_server.ts", import.meta.url).pathname;
 const SELF: SelfIdentity = {
@@ -17,7 +18,6 @@ const SELF: SelfIdentity = {
   compiled: false,
 };
 // Children run without our deno.json / deno.lock so they never touch the project's lock file.
-const DENO_RUN = ["run", "-A", "--no-config", "--no-lock"];
 
 type Servers = Record<string, Record<string, unknown>>;
 
@@ -74,32 +74,12 @@ class Fixture {
   }
 }
 
-/** True while `pid` is in the process table and not a zombie. */
-function running(pid: number): boolean {
-  try {
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
-  } catch {
-    return false;
-  }
-}
-
 async function waitFor(what: string, check: () => boolean | Promise<boolean>, ms = 5_000) {
   const deadline = Date.now() + ms;
   while (!(await check())) {
     if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
     await delay(25);
   }
-}
-
-async function rejection(promise: Promise<unknown>): Promise<BridgeError> {
-  try {
-    await promise;
-  } catch (err) {
-    assert.ok(err instanceof BridgeError, `expected a BridgeError, got ${err}`);
-    return err;
-  }
-  assert.fail("expected a rejection");
 }
 
 function text(result: { content: unknown[] }): string {
@@ -113,12 +93,12 @@ Deno.test("real servers: one session per server across calls; memory and filesys
   f.write({
     memory: {
       command: Deno.execPath(),
-      args: [...DENO_RUN, "npm:@modelcontextprotocol/server-memory@2026.8.31"],
+      args: [...DENO_RUN, MCP_SERVERS.memory],
       env: { MEMORY_FILE_PATH: join(f.dir, "memory.jsonl") },
     },
     filesystem: {
       command: Deno.execPath(),
-      args: [...DENO_RUN, "npm:@modelcontextprotocol/server-filesystem@2026.8.31", files],
+      args: [...DENO_RUN, MCP_SERVERS.filesystem, files],
     },
   });
   const { pool } = f;
@@ -130,7 +110,7 @@ Deno.test("real servers: one session per server across calls; memory and filesys
   assert.ok(memoryTools.some((t) => t.name === "create_entities" && t.server === "memory"));
   assert.ok(fsTools.some((t) => t.name === "write_file"));
   const memoryPid = await f.pid("memory");
-  assert.ok(memoryPid && running(memoryPid));
+  assert.ok(memoryPid && isRunning(memoryPid));
 
   await pool.callTool("memory", "create_entities", {
     entities: [{ name: "lmbridge", entityType: "project", observations: ["bridges MCP"] }],
@@ -157,7 +137,7 @@ Deno.test("real servers: one session per server across calls; memory and filesys
 
   const pids = listed.servers.map((s) => s.pid!);
   await pool.close();
-  assert.deepEqual(pids.filter(running), [], "close() leaves no process behind");
+  assert.deepEqual(pids.filter(isRunning), [], "close() leaves no process behind");
 });
 
 Deno.test("concurrent first use opens a single session", async () => {
@@ -183,8 +163,8 @@ Deno.test("hot reload restarts only the changed server and closes the removed on
     listed.servers.map((s) => [s.name, s.status]),
     [["a", "idle"], ["b", "connected"], ["d", "idle"]],
   );
-  await waitFor("the removed server to end", () => !running(c1!));
-  await waitFor("the changed server's old process to end", () => !running(a1!));
+  await waitFor("the removed server to end", () => !isRunning(c1!));
+  await waitFor("the changed server's old process to end", () => !isRunning(a1!));
 
   assert.equal(text(await pool.callTool("a", "echo", { text: "again" })), "again");
   const a2 = await f.pid("a");
@@ -200,7 +180,7 @@ Deno.test("hot reload restarts only the changed server and closes the removed on
   assert.match(broken.error ?? "", /\.mcp\.json: not valid JSON/);
   assert.deepEqual(broken.servers, []);
   assert.match((await rejection(pool.tools("b"))).hint ?? "", /not valid JSON/);
-  assert.ok(running(b1!));
+  assert.ok(isRunning(b1!));
   f.write({ a: changedA, b: f.faulty("slow"), d: f.faulty("slow") });
   await pool.callTool("b", "echo", { text: "still here" });
   assert.equal(await f.pid("b"), b1);
@@ -258,7 +238,7 @@ Deno.test("faulty servers fail with clear errors while the others keep working",
   const goodPid = await f.pid("good");
   const failedPids = f.events("start").filter((pid) => pid !== goodPid);
   assert.equal(failedPids.length, 3);
-  await waitFor("failed servers to be ended", () => failedPids.every((pid) => !running(pid)));
+  await waitFor("failed servers to be ended", () => failedPids.every((pid) => !isRunning(pid)));
 });
 
 Deno.test("a cancelled call ends within a second and the server sees notifications/cancelled", async () => {
@@ -297,7 +277,7 @@ Deno.test("a crashed server is restarted on the next use after its backoff", asy
   const { pool } = f;
   assert.equal(text(await pool.callTool("fragile", "echo", { text: "one" })), "one");
   const [first] = f.events("start");
-  await waitFor("the crash", () => !running(first));
+  await waitFor("the crash", () => !isRunning(first));
   await waitFor(
     "the pool to notice",
     async () => (await pool.list()).servers[0].status === "failed",
@@ -326,7 +306,7 @@ Deno.test("sessions idle past the TTL are closed and reopened on demand", async 
   const status = (await f.pool.list()).servers[0];
   assert.equal(status.status, "idle");
   assert.equal(status.tools, 2, "the tool count stays known");
-  await waitFor("the idle server to end", () => !running(pid));
+  await waitFor("the idle server to end", () => !isRunning(pid));
   await f.pool.callTool("a", "echo", { text: "y" });
   assert.notEqual(await f.pid("a"), pid);
 });
@@ -343,12 +323,12 @@ Deno.test("close() ends every child, even one ignoring stdin EOF and SIGTERM, an
   const pending = rejection(pool.tools("starting"));
   await waitFor("all three children", () => f.events("start").length === 3);
   const pids = f.events("start");
-  assert.deepEqual(pids.filter(running), pids);
+  assert.deepEqual(pids.filter(isRunning), pids);
 
   const started = Date.now();
   await Promise.all([pool.close(), pool.close()]);
   assert.ok(Date.now() - started < 6_000);
-  assert.deepEqual(pids.filter(running), [], "no child outlives close()");
+  assert.deepEqual(pids.filter(isRunning), [], "no child outlives close()");
   assert.ok(f.events("term").length >= 1, "the stubborn one got SIGTERM, then SIGKILL");
   assert.equal((await pending).code, "mcp_server_unavailable");
   const after = await rejection(pool.tools("polite"));
