@@ -9,6 +9,9 @@ import type { BackendClient } from "./client.ts";
 import { matchModelId } from "./model_names.ts";
 import type { ModelInfo } from "./types.ts";
 
+/** How long a stale listing is served before the backend is asked again. */
+const STALE_RETRY_MS = 5_000;
+
 export interface ModelCatalogOptions {
   clients: readonly BackendClient[];
   /** Freshness of a backend's model list. */
@@ -29,12 +32,17 @@ export interface BackendListing {
   url: string;
   models: ModelInfo[];
   error?: BridgeError;
+  /** The listing is the last good one: refreshing it failed (not because it is down). */
+  stale?: boolean;
 }
 
 export class ModelCatalog {
   readonly #clients: readonly BackendClient[];
   readonly #cache: TtlMap<string, ModelInfo[]>;
   readonly #errors = new Map<string, BridgeError>();
+  /** The last good listing of each backend (one entry per configured backend), served when a
+   * refresh fails so a busy or briefly hung server does not make every model unknown. */
+  readonly #lastGood = new Map<string, ModelInfo[]>();
   #defaultModel?: string;
 
   constructor(options: ModelCatalogOptions) {
@@ -80,6 +88,7 @@ export class ModelCatalog {
           { signal: options.signal },
         );
         this.#errors.delete(client.url);
+        this.#lastGood.set(client.url, models);
         return { url: client.url, models };
       } catch (err) {
         if (options.signal?.aborted) throw err;
@@ -87,6 +96,15 @@ export class ModelCatalog {
           ? err
           : new BridgeError("upstream_error", String(err), { backend: client.url });
         this.#errors.set(client.url, error);
+        // A dead backend's models are not served from memory: routing must skip it.
+        const stale = error.code === "backend_unreachable"
+          ? undefined
+          : this.#lastGood.get(client.url);
+        if (stale) {
+          // Kept briefly, so a hung server is not asked again by every request.
+          this.#cache.set(client.url, stale, STALE_RETRY_MS);
+          return { url: client.url, models: stale, stale: true };
+        }
         return { url: client.url, models: [], error };
       }
     }));

@@ -116,23 +116,25 @@ export class BackendClient {
   async listModels(signal?: AbortSignal): Promise<ModelInfo[]> {
     const kind = await this.detectKind(signal);
     if (kind === "lmstudio") {
+      // Older LM Studio versions lack /api/v1 (or /api/v0): fall back on an answer that is
+      // not a model list, but not when the server is down, hung or refuses the token.
+      const fatal = (err: unknown) =>
+        signal?.aborted ||
+        (err instanceof BridgeError &&
+          ["auth_failed", "timeout", "backend_unreachable"].includes(err.code));
       try {
         return this.#parseNativeV1(
           await this.#json("/api/v1/models", { method: "GET", signal, timeoutMs: 15_000 }),
         );
       } catch (err) {
-        if (signal?.aborted || (err instanceof BridgeError && err.code === "auth_failed")) {
-          throw err;
-        }
+        if (fatal(err)) throw err;
       }
       try {
         return this.#parseNativeV0(
           await this.#json("/api/v0/models", { method: "GET", signal, timeoutMs: 15_000 }),
         );
       } catch (err) {
-        if (signal?.aborted || (err instanceof BridgeError && err.code === "auth_failed")) {
-          throw err;
-        }
+        if (fatal(err)) throw err;
       }
     }
     const body = await this.#json("/v1/models", { method: "GET", signal, timeoutMs: 15_000 });
