@@ -96,7 +96,7 @@ Deno.test("a request keeps its model when the default changes mid-flight", async
   }
 });
 
-Deno.test("the per-model cap follows LM Studio's parallel, extra requests queue FIFO", async () => {
+Deno.test("the per-model cap follows LM Studio's parallel; extra requests wait in the queue", async () => {
   const double = await startDouble({
     chunkDelayMs: 40,
     models: [{ id: "org/m", parallel: 2 }],
@@ -113,8 +113,25 @@ Deno.test("the per-model cap follows LM Studio's parallel, extra requests queue 
     const results = await Promise.all(calls);
     for (const [i, r] of results.entries()) assert.equal(textOf(r), `[org/m] You said: n${i}`);
     assert.equal(double.stats.maxInFlight, 2, "never more than parallel at once");
+  } finally {
+    await bridge.close();
+    await double.close();
+  }
+});
+
+Deno.test("queued requests for one model are served in arrival order", async () => {
+  // With one slot, grants are strictly sequential, so arrival at the server shows the order.
+  const double = await startDouble({ chunkDelayMs: 20, models: [{ id: "org/m" }] });
+  const bridge = await startBridge(bridgeEnv(double.url, { LMBRIDGE_MAX_INFLIGHT_PER_MODEL: "1" }));
+  try {
+    const calls = Array.from(
+      { length: 8 },
+      (_, i) => bridge.call("chat_completion", { prompt: `n${i}` }),
+    );
+    await Promise.all(calls);
     const order = chats(double).map((q) => (q.body as Structured).messages.at(-1).content);
-    assert.deepEqual(order.slice(2), ["n2", "n3", "n4", "n5", "n6", "n7"], "FIFO");
+    assert.deepEqual(order, ["n0", "n1", "n2", "n3", "n4", "n5", "n6", "n7"], "FIFO");
+    assert.equal(double.stats.maxInFlight, 1);
   } finally {
     await bridge.close();
     await double.close();
