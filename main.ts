@@ -59,6 +59,17 @@ async function main(argv: string[]): Promise<number> {
     !Deno.env.get("LOG_LEVEL");
   const log = createLogger(quiet && config.logLevel === "info" ? "error" : config.logLevel);
   const runtime = createRuntime(config, log);
+  // A stray rejection is logged, not fatal: other requests go on. An uncaught error still
+  // ends lmbridge, but only after its MCP servers are stopped.
+  globalThis.addEventListener("unhandledrejection", (event) => {
+    event.preventDefault();
+    log.error("unhandled rejection", { error: String(event.reason) });
+  });
+  globalThis.addEventListener("error", (event) => {
+    event.preventDefault();
+    log.error("uncaught error; shutting down", { error: String(event.error ?? event.message) });
+    runtime.close().finally(() => Deno.exit(1));
+  });
   switch (args.command) {
     case "serve":
       return config.http

@@ -5,6 +5,7 @@
  */
 import { BackendClient } from "./backend/client.ts";
 import { ModelCatalog } from "./backend/catalog.ts";
+import { BackendHealth } from "./backend/health.ts";
 import { ModelRouter } from "./backend/router.ts";
 import type { ChatMessage } from "./backend/types.ts";
 import type { Config } from "./config.ts";
@@ -48,14 +49,18 @@ export function createApp(config: Config, log: Logger, options: CreateAppOptions
       idleTimeoutMs: config.idleTimeoutS * 1000,
     })
   );
+  // Cooldowns of failing backends, seen by both the catalogue and the router.
+  const health = new BackendHealth();
   const catalog = new ModelCatalog({
     clients,
+    health,
     ttlMs: config.cacheTtlS * 1000,
     defaultModel: config.defaultModel,
   });
   const router = new ModelRouter({
     clients,
     catalog,
+    health,
     log,
     limits: {
       maxInflightPerModel: config.maxInflightPerModel,

@@ -49,11 +49,8 @@ export function createRuntime(
     close: () => {
       closing ??= (async () => {
         app.shutdown.abort(new DOMException("lmbridge is shutting down", "AbortError"));
-        try {
-          await jobs.close();
-        } finally {
-          await pool.close();
-        }
+        // Together: clients give lmbridge a few seconds to exit before killing it.
+        await Promise.allSettled([jobs.close(), pool.close()]);
       })();
       return closing;
     },

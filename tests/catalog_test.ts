@@ -50,6 +50,9 @@ Deno.test("a listing that fails to refresh is served stale; a dead backend's is 
   const b = fakeBackend("http://b", [() => Promise.resolve([model("org/y", "http://b")]), down]);
   const catalog = new ModelCatalog({ clients: [a.client, b.client], ttlMs: 0 });
   await catalog.models();
+  // The next lookup serves the last listings at once and refreshes them behind.
+  const first = await catalog.listings();
+  assert.ok(first.every((l) => l.stale));
   const listings = await catalog.listings();
   const la = listings.find((l) => l.url === "http://a")!;
   assert.equal(la.stale, true);

@@ -350,3 +350,39 @@ Deno.test("LMBRIDGE_RPS spaces requests to a backend", async () => {
     await double.close();
   }
 });
+
+Deno.test("a hung backend is waited on once, then cools down while the others serve", async () => {
+  // Accepts connections and never answers.
+  const hung = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const held: Deno.Conn[] = [];
+  const accepting = (async () => {
+    try {
+      for await (const conn of hung) held.push(conn);
+    } catch {
+      // closed
+    }
+  })();
+  const good = await startDouble();
+  const hungUrl = `http://127.0.0.1:${(hung.addr as Deno.NetAddr).port}`;
+  const bridge = await startBridge(bridgeEnv(`${good.url},${hungUrl}`));
+  try {
+    const first = await bridge.call("chat_completion", { prompt: "one" });
+    assert.equal(textOf(first), "[qwen/qwen3-4b] You said: one");
+    const started = Date.now();
+    for (const prompt of ["two", "three", "four"]) {
+      const r = await bridge.call("chat_completion", { prompt });
+      assert.equal(textOf(r), `[qwen/qwen3-4b] You said: ${prompt}`);
+    }
+    assert.ok(Date.now() - started < 3_000, `later calls did not wait on the hung backend`);
+    const health = (await bridge.call("health_check")).structuredContent as Structured;
+    const h = health.backends.find((b: Structured) => b.url === hungUrl);
+    assert.equal(h.reachable, false);
+    assert.ok(h.cooldown_s > 0, "the hung backend cools down");
+  } finally {
+    await bridge.close();
+    await good.close();
+    hung.close();
+    for (const conn of held) conn.close();
+    await accepting;
+  }
+});

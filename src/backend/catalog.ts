@@ -3,14 +3,16 @@
  * at a time per backend), the default model, and resolution of a `model` argument to an id
  * plus the backends that serve it.
  */
-import { BridgeError } from "../util/errors.ts";
+import { abortable } from "../util/async.ts";
+import { BridgeError, toBridgeError } from "../util/errors.ts";
+import { BackendHealth } from "./health.ts";
 import { TtlMap } from "../util/ttl_map.ts";
 import type { BackendClient } from "./client.ts";
 import { matchModelId } from "./model_names.ts";
 import type { ModelInfo } from "./types.ts";
 
-/** How long a stale listing is served before the backend is asked again. */
-const STALE_RETRY_MS = 5_000;
+/** A refresh asked for within this time of the last fetch uses that fetch. */
+const REFRESH_MIN_MS = 1_000;
 
 export interface ModelCatalogOptions {
   clients: readonly BackendClient[];
@@ -18,6 +20,9 @@ export interface ModelCatalogOptions {
   ttlMs: number;
   /** Configured default model (a name to resolve), if any. */
   defaultModel?: string;
+  /** Shared with the router: cooldowns of failing backends. */
+  health?: BackendHealth;
+  now?: () => number;
 }
 
 /** A model name resolved to one id and the backends that have it. */
@@ -38,18 +43,25 @@ export interface BackendListing {
 
 export class ModelCatalog {
   readonly #clients: readonly BackendClient[];
+  readonly #health: BackendHealth;
   readonly #cache: TtlMap<string, ModelInfo[]>;
-  readonly #errors = new Map<string, BridgeError>();
-  /** The last good listing of each backend (one entry per configured backend), served when a
-   * refresh fails so a busy or briefly hung server does not make every model unknown. */
+  /** The last good listing of each backend (one entry per configured backend), served while
+   * a fresh one is fetched, or when fetching fails without the backend being down. */
   readonly #lastGood = new Map<string, ModelInfo[]>();
+  /** One fetch at a time per backend, shared by every caller (misses and refreshes). */
+  readonly #inflight = new Map<string, Promise<ModelInfo[]>>();
+  readonly #fetchedAt = new Map<string, number>();
+  readonly #now: () => number;
   #defaultModel?: string;
 
   constructor(options: ModelCatalogOptions) {
     this.#clients = options.clients;
+    this.#health = options.health ?? new BackendHealth();
+    this.#now = options.now ?? Date.now;
     this.#cache = new TtlMap({
       ttlMs: options.ttlMs,
       maxSize: Math.max(8, options.clients.length),
+      now: this.#now,
     });
     this.#defaultModel = options.defaultModel;
   }
@@ -69,45 +81,81 @@ export class ModelCatalog {
     return this.#cache.stats();
   }
 
-  /** Forgets cached listings (after a load or unload). */
+  /** Forgets listings (after a load or unload), so the next lookup sees the change. */
   invalidate(backend?: string) {
-    if (backend) this.#cache.delete(backend);
-    else this.#cache.clear();
+    for (const url of backend ? [backend] : this.#clients.map((c) => c.url)) {
+      this.#cache.delete(url);
+      this.#lastGood.delete(url);
+    }
   }
 
-  /** Every backend's listing; a backend that fails is reported, not thrown. */
+  /**
+   * Every backend's listing; a backend that fails is reported, not thrown. `refresh` asks
+   * each backend again (at most once a second, shared with concurrent refreshes).
+   */
   async listings(options: { signal?: AbortSignal; refresh?: boolean } = {}): Promise<
     BackendListing[]
   > {
-    if (options.refresh) this.#cache.clear();
-    return await Promise.all(this.#clients.map(async (client) => {
-      try {
-        const models = await this.#cache.getOrLoad(
-          client.url,
-          (signal) => client.listModels(signal),
-          { signal: options.signal },
-        );
-        this.#errors.delete(client.url);
-        this.#lastGood.set(client.url, models);
-        return { url: client.url, models };
-      } catch (err) {
-        if (options.signal?.aborted) throw err;
-        const error = err instanceof BridgeError
-          ? err
-          : new BridgeError("upstream_error", String(err), { backend: client.url });
-        this.#errors.set(client.url, error);
-        // A dead backend's models are not served from memory: routing must skip it.
-        const stale = error.code === "backend_unreachable"
-          ? undefined
-          : this.#lastGood.get(client.url);
-        if (stale) {
-          // Kept briefly, so a hung server is not asked again by every request.
-          this.#cache.set(client.url, stale, STALE_RETRY_MS);
-          return { url: client.url, models: stale, stale: true };
-        }
-        return { url: client.url, models: [], error };
+    return await Promise.all(this.#clients.map((client) => this.#listing(client, options)));
+  }
+
+  async #listing(
+    client: BackendClient,
+    options: { signal?: AbortSignal; refresh?: boolean },
+  ): Promise<BackendListing> {
+    const url = client.url;
+    const recent = this.#now() - (this.#fetchedAt.get(url) ?? -Infinity) < REFRESH_MIN_MS;
+    const fresh = this.#cache.get(url);
+    if (fresh && (!options.refresh || recent)) return { url, models: fresh };
+    const last = this.#lastGood.get(url);
+    // A server that hung is not waited on again while it cools down; one that refused the
+    // connection is asked again (that costs a millisecond, and it may be back).
+    const hung = this.#health.lastError(url);
+    if (hung?.code === "timeout") {
+      return last ? { url, models: last, stale: true } : { url, models: [], error: hung };
+    }
+    const fetching = this.#fetch(client);
+    if (last && !options.refresh) {
+      // Serve the last listing at once and refresh behind it.
+      fetching.catch(() => {});
+      return { url, models: last, stale: true };
+    }
+    try {
+      return { url, models: await abortable(fetching, options.signal) };
+    } catch (err) {
+      if (options.signal?.aborted) throw err;
+      const error = toBridgeError(err).with({ backend: url });
+      return last && error.code !== "backend_unreachable"
+        ? { url, models: last, stale: true }
+        : { url, models: [], error };
+    }
+  }
+
+  /** Asks `client` for its models, once at a time; failures to reach it start a cooldown. */
+  #fetch(client: BackendClient): Promise<ModelInfo[]> {
+    const url = client.url;
+    let fetching = this.#inflight.get(url);
+    if (fetching) return fetching;
+    // Not tied to any caller's signal: it is shared, and bounded by the client's timeouts.
+    fetching = client.listModels().then((models) => {
+      this.#cache.set(url, models);
+      this.#lastGood.set(url, models);
+      this.#health.markUp(url);
+      return models;
+    }, (err) => {
+      const error = toBridgeError(err).with({ backend: url });
+      if (error.code === "backend_unreachable" || error.code === "timeout") {
+        this.#health.markDown(url, error);
       }
-    }));
+      // A dead backend's models must not be routed to from memory.
+      if (error.code === "backend_unreachable") this.#lastGood.delete(url);
+      throw error;
+    }).finally(() => {
+      this.#fetchedAt.set(url, this.#now());
+      this.#inflight.delete(url);
+    });
+    this.#inflight.set(url, fetching);
+    return fetching;
   }
 
   /** All models on all reachable backends. Throws when no backend answered. */

@@ -5,13 +5,14 @@
  * retries where SPEC §4 says it is safe.
  */
 import { abortable } from "../util/async.ts";
-import { BridgeError } from "../util/errors.ts";
+import { abortToError, BridgeError, toBridgeError } from "../util/errors.ts";
 import { RateLimiter, SlotLimiter } from "../util/limiter.ts";
 import type { Logger } from "../util/log.ts";
 import { silentLogger } from "../util/log.ts";
 import { withRetry } from "../util/retry.ts";
 import { TtlMap } from "../util/ttl_map.ts";
 import type { ModelCatalog } from "./catalog.ts";
+import { BackendHealth } from "./health.ts";
 import type { BackendClient } from "./client.ts";
 import type { ModelInfo } from "./types.ts";
 
@@ -49,15 +50,7 @@ export interface RunResult<T> {
   attempts: number;
 }
 
-interface BackendHealth {
-  failures: number;
-  cooldownUntil: number;
-  lastError?: string;
-}
-
 const STATUS_RETRYABLE = new Set([429, 502, 503, 504]);
-/** First cooldown of a backend that failed to connect; doubles per failure up to 60 s. */
-const COOLDOWN_BASE_MS = 5_000;
 
 export class ModelRouter {
   readonly #clients: Map<string, BackendClient>;
@@ -65,9 +58,9 @@ export class ModelRouter {
   readonly #limits: RouterLimits;
   readonly #limiter: SlotLimiter;
   readonly #rates = new Map<string, RateLimiter>();
-  readonly #health = new Map<string, BackendHealth>();
+  readonly #health: BackendHealth;
   readonly #parallel = new Map<string, number>();
-  readonly #loads = new Map<string, Promise<void>>();
+  readonly #loads = new Map<string, Promise<{ instanceId: string; loadTimeS?: number }>>();
   readonly #recentlyLoaded: TtlMap<string, true>;
   readonly #now: () => number;
   readonly #log: Logger;
@@ -77,9 +70,12 @@ export class ModelRouter {
     clients: readonly BackendClient[];
     catalog: ModelCatalog;
     limits: RouterLimits;
+    /** Shared with the catalogue. */
+    health?: BackendHealth;
     now?: () => number;
     log?: Logger;
   }) {
+    this.#health = options.health ?? new BackendHealth();
     this.#clients = new Map(options.clients.map((c) => [c.url, c]));
     this.#catalog = options.catalog;
     this.#limits = options.limits;
@@ -110,11 +106,9 @@ export class ModelRouter {
 
   /** Seconds left of each backend's cooldown (0 when healthy). */
   cooldowns(): Record<string, number> {
-    const now = this.#now();
     const out: Record<string, number> = {};
     for (const url of this.#clients.keys()) {
-      const h = this.#health.get(url);
-      out[url] = h && h.cooldownUntil > now ? Math.ceil((h.cooldownUntil - now) / 1000) : 0;
+      out[url] = Math.ceil(this.#health.cooldownMs(url) / 1000);
     }
     return out;
   }
@@ -187,12 +181,14 @@ export class ModelRouter {
             });
           },
         });
-        this.#markUp(entry.backend);
+        this.#health.markUp(entry.backend);
         return { value, backend: entry.backend, attempts };
       } catch (err) {
-        const error = err instanceof BridgeError ? err : toError(err);
+        const error = options.signal.aborted
+          ? abortToError(options.signal.reason)
+          : toBridgeError(err);
         if (error.code === "backend_unreachable") {
-          this.#markDown(entry.backend, error.message);
+          this.#health.markDown(entry.backend, error);
           lastError = error.with({ model: binding.model });
           if (binding.entries.some((e) => !tried.has(e.backend))) {
             this.stats.failovers++;
@@ -210,13 +206,11 @@ export class ModelRouter {
 
   /** Healthy backends first, then the least busy; undefined when all were tried. */
   #choose(binding: Binding, tried: Set<string>): ModelInfo | undefined {
-    const now = this.#now();
     const candidates = binding.entries.filter((e) =>
       !tried.has(e.backend) && this.#clients.has(e.backend)
     );
     if (candidates.length === 0) return undefined;
-    const cooldown = (url: string) =>
-      Math.max(0, (this.#health.get(url)?.cooldownUntil ?? 0) - now);
+    const cooldown = (url: string) => this.#health.cooldownMs(url);
     return [...candidates].sort((a, b) =>
       (cooldown(a.backend) > 0 ? 1 : 0) - (cooldown(b.backend) > 0 ? 1 : 0) ||
       cooldown(a.backend) - cooldown(b.backend) ||
@@ -234,17 +228,32 @@ export class ModelRouter {
     return this.#limits.maxInflightPerModel ?? this.#parallel.get(key) ?? 4;
   }
 
-  #markDown(url: string, message: string) {
-    const h = this.#health.get(url) ?? { failures: 0, cooldownUntil: 0 };
-    h.failures++;
-    h.cooldownUntil = this.#now() + Math.min(COOLDOWN_BASE_MS * 2 ** (h.failures - 1), 60_000);
-    h.lastError = message;
-    this.#health.set(url, h);
-    this.#catalog.invalidate(url);
-  }
-
-  #markUp(url: string) {
-    this.#health.delete(url);
+  /**
+   * Loads the bound model (LM Studio's native API) on the healthiest backend that lists it,
+   * sharing the load with any other request loading it. An already loaded model is left as
+   * it is unless a context length is asked for.
+   */
+  async loadModel(
+    binding: Binding,
+    options: RunOptions & { contextLength?: number; ttlS?: number },
+  ): Promise<{ backend: string; instanceId: string; loadTimeS?: number; alreadyLoaded: boolean }> {
+    const entry = this.#choose(binding, new Set());
+    if (!entry) {
+      throw new BridgeError("model_not_found", `no backend serves ${binding.model}`, {
+        model: binding.model,
+      });
+    }
+    const client = this.#clients.get(entry.backend)!;
+    if (entry.loaded && !options.contextLength && entry.instanceIds.length) {
+      return { backend: entry.backend, instanceId: entry.instanceIds[0], alreadyLoaded: true };
+    }
+    try {
+      const loaded = await this.#waitForLoad(client, entry, options);
+      return { backend: entry.backend, ...loaded, alreadyLoaded: false };
+    } catch (err) {
+      throw (options.signal.aborted ? abortToError(options.signal.reason) : toBridgeError(err))
+        .with({ model: binding.model, backend: entry.backend });
+    }
   }
 
   /**
@@ -254,17 +263,31 @@ export class ModelRouter {
    */
   async #ensureLoaded(client: BackendClient, entry: ModelInfo, options: RunOptions) {
     if (entry.loaded || entry.type === "embedding") return;
-    const key = modelKey(entry.backend, entry.id);
-    if (this.#recentlyLoaded.get(key)) return;
+    if (this.#recentlyLoaded.get(modelKey(entry.backend, entry.id))) return;
     if ((await client.detectKind(options.signal)) !== "lmstudio") return;
+    await this.#waitForLoad(client, entry, options);
+  }
+
+  /** Joins (or starts) the shared load of `entry`, reporting progress while it runs. */
+  async #waitForLoad(
+    client: BackendClient,
+    entry: ModelInfo,
+    options: RunOptions & { contextLength?: number; ttlS?: number },
+  ): Promise<{ instanceId: string; loadTimeS?: number }> {
+    const key = `${modelKey(entry.backend, entry.id)}|${options.contextLength ?? ""}`;
     let load = this.#loads.get(key);
     if (!load) {
       this.stats.loads++;
       this.#log.info("loading model", { backend: entry.backend, model: entry.id });
       // The load is shared: one caller's cancel must not abort it for the others.
-      load = client.loadModel(entry.id, { signal: AbortSignal.timeout(15 * 60_000) }).then(() => {
-        this.#recentlyLoaded.set(key, true);
+      load = client.loadModel(entry.id, {
+        contextLength: options.contextLength,
+        ttlS: options.ttlS,
+        signal: AbortSignal.timeout(15 * 60_000),
+      }).then((loaded) => {
+        this.#recentlyLoaded.set(modelKey(entry.backend, entry.id), true);
         this.#catalog.invalidate(entry.backend);
+        return loaded;
       }).finally(() => this.#loads.delete(key));
       this.#loads.set(key, load);
     }
@@ -276,8 +299,9 @@ export class ModelRouter {
       );
     }, 1000);
     try {
-      await abortable(load, options.signal);
+      const loaded = await abortable(load, options.signal);
       options.onStatus?.(`model ${entry.id} loaded`);
+      return loaded;
     } finally {
       clearInterval(tick);
     }
@@ -296,12 +320,6 @@ export function classifyForRetry(err: unknown): { retry: boolean; afterMs?: numb
     return { retry: true, afterMs };
   }
   return { retry: false };
-}
-
-function toError(err: unknown): BridgeError {
-  return new BridgeError("upstream_error", err instanceof Error ? err.message : String(err), {
-    cause: err,
-  });
 }
 
 function backendKey(url: string): string {

@@ -12,7 +12,9 @@ export async function serveStdio(runtime: Runtime): Promise<number> {
   // stdin ending is the client going away: every request it made ends with it.
   transport.onclose = () => closed.resolve();
   const stop = () => closed.resolve();
-  const signals: Deno.Signal[] = ["SIGTERM", "SIGINT"];
+  const signals: Deno.Signal[] = Deno.build.os === "windows"
+    ? ["SIGINT"]
+    : ["SIGTERM", "SIGINT", "SIGHUP"];
   for (const s of signals) Deno.addSignalListener(s, stop);
   await server.connect(transport);
   app.log.info("lmbridge serving MCP on stdio", { backends: app.config.backends });

@@ -16,6 +16,7 @@ import {
   ToolListChangedNotificationSchema,
 } from "@modelcontextprotocol/sdk/types.js";
 import { abortable, delay } from "../util/async.ts";
+import { descendants, processAlive } from "../util/process.ts";
 import { abortToError, BridgeError } from "../util/errors.ts";
 import {
   loadMcpConfig,
@@ -115,8 +116,9 @@ export const INHERITED_ENV = [
 const MAX_BACKOFF_MS = 30_000;
 /** A stdio child gets this long to exit on stdin EOF before SIGTERM. */
 const EOF_GRACE_MS = 300;
-/** And this long after SIGTERM before SIGKILL. */
-const KILL_AFTER_MS = 2_000;
+/** And this long after SIGTERM before SIGKILL. Short: MCP clients kill lmbridge itself about
+ * 4 s after closing its stdin, and its children must be gone by then. */
+const KILL_AFTER_MS = 1_000;
 /** After a non-JSON line during start-up, how long a valid answer may still come. */
 const GARBAGE_GRACE_MS = 1_000;
 const STDERR_TAIL_CHARS = 2_000;
@@ -865,53 +867,12 @@ async function fileKey(path: string | undefined): Promise<string> {
   }
 }
 
-/** Children, grandchildren … of `pid` (Linux /proc; elsewhere none are found). */
-async function descendants(pid: number): Promise<number[]> {
-  const children = new Map<number, number[]>();
-  try {
-    for await (const item of Deno.readDir("/proc")) {
-      if (!/^\d+$/.test(item.name)) continue;
-      try {
-        const stat = await Deno.readTextFile(`/proc/${item.name}/stat`);
-        const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-        const list = children.get(ppid) ?? [];
-        list.push(Number(item.name));
-        children.set(ppid, list);
-      } catch {
-        // the process ended meanwhile
-      }
-    }
-  } catch {
-    return [];
-  }
-  const found: number[] = [];
-  const queue = [pid];
-  while (queue.length) {
-    for (const child of children.get(queue.shift()!) ?? []) {
-      found.push(child);
-      queue.push(child);
-    }
-  }
-  return found;
-}
-
-/** Whether `pid` still runs (a zombie counts as ended). Without /proc, assumed running. */
-function isAlive(pid: number): boolean {
-  if (Deno.build.os !== "linux") return true;
-  try {
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z";
-  } catch {
-    return false;
-  }
-}
-
 async function allGone(
   pids: number[],
   withinMs: number,
   session: Session,
 ): Promise<boolean> {
-  const alive = (pid: number) => !(pid === session.pid && session.exited) && isAlive(pid);
+  const alive = (pid: number) => !(pid === session.pid && session.exited) && processAlive(pid);
   const deadline = Date.now() + withinMs;
   while (pids.some(alive)) {
     if (Date.now() >= deadline) return false;
@@ -922,7 +883,7 @@ async function allGone(
 
 function signalAll(pids: number[], signal: Deno.Signal): void {
   for (const pid of pids) {
-    if (!isAlive(pid)) continue;
+    if (!processAlive(pid)) continue;
     try {
       Deno.kill(pid, signal);
     } catch {

@@ -136,7 +136,9 @@ export async function serveHttp(
   });
   const stopped = Promise.withResolvers<void>();
   const stop = () => stopped.resolve();
-  const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
+  const signals: Deno.Signal[] = Deno.build.os === "windows"
+    ? ["SIGINT"]
+    : ["SIGINT", "SIGTERM", "SIGHUP"];
   for (const s of signals) Deno.addSignalListener(s, stop);
   await stopped.promise;
   for (const s of signals) Deno.removeSignalListener(s, stop);

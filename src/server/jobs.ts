@@ -10,6 +10,7 @@ import type { Config } from "../config.ts";
 import { delay } from "../util/async.ts";
 import { abortToError, BridgeError, type ErrorCode, toBridgeError } from "../util/errors.ts";
 import type { Logger } from "../util/log.ts";
+import { processAlive } from "../util/process.ts";
 import { TtlMap } from "../util/ttl_map.ts";
 import type { ProgressSink } from "./progress.ts";
 import { defineTool, type ToolContext, type ToolDefinition, type ToolOutput } from "./registry.ts";
@@ -128,10 +129,8 @@ export interface JobStoreOptions {
   pid?: number;
   /** This machine. Default `Deno.hostname()`. */
   host?: string;
-  /**
-   * Whether a process of this machine is alive; undefined when it cannot tell. Default: looks
-   * at /proc on Linux, cannot tell elsewhere.
-   */
+  /** Whether a process of this machine is alive; undefined when it cannot tell. Default:
+   * probes the pid with signal 0. */
   isAlive?: (pid: number) => boolean | undefined;
   /** A running job of another process whose heartbeat is older than this is orphaned. Default 60 s. */
   staleMs?: number;
@@ -397,16 +396,6 @@ function hostname(): string {
     return Deno.hostname();
   } catch {
     return "";
-  }
-}
-
-function processAlive(pid: number): boolean | undefined {
-  if (Deno.build.os !== "linux") return undefined;
-  try {
-    Deno.statSync(`/proc/${pid}`);
-    return true;
-  } catch (err) {
-    return err instanceof Deno.errors.NotFound ? false : undefined;
   }
 }
 

@@ -176,37 +176,30 @@ export function modelTools(app: App, extras: HealthExtras = {}): ToolDefinition[
       backend: z.string(),
       instance_id: z.string(),
       load_time_s: z.number().nullable(),
+      already_loaded: z.boolean(),
     }),
     handler: async (args, ctx) => {
       const binding = await app.router.bind(args.model, { signal: ctx.signal });
-      ctx.progress.status(`loading ${binding.model}`);
-      const timer = setInterval(() => ctx.progress.status(`loading ${binding.model}…`), 1000);
-      try {
-        const { value, backend } = await app.router.run(
-          binding,
-          { signal: ctx.signal, deadline: ctx.deadline, skipLoad: true, retry: false },
-          (client) =>
-            client.loadModel(binding.model, {
-              contextLength: args.context_length,
-              ttlS: args.ttl_s,
-              signal: ctx.signal,
-            }),
-        );
-        app.catalog.invalidate(backend);
-        return {
-          text: `Loaded ${binding.model} on ${backend} as ${value.instanceId}${
-            value.loadTimeS !== undefined ? ` in ${value.loadTimeS.toFixed(1)} s` : ""
-          }.`,
-          structured: {
-            model: binding.model,
-            backend,
-            instance_id: value.instanceId,
-            load_time_s: value.loadTimeS ?? null,
-          },
-        };
-      } finally {
-        clearInterval(timer);
-      }
+      const loaded = await app.router.loadModel(binding, {
+        signal: ctx.signal,
+        deadline: ctx.deadline,
+        onStatus: (message) => ctx.progress.status(message),
+        contextLength: args.context_length,
+        ttlS: args.ttl_s,
+      });
+      const how = loaded.alreadyLoaded
+        ? "was already loaded"
+        : `loaded${loaded.loadTimeS !== undefined ? ` in ${loaded.loadTimeS.toFixed(1)} s` : ""}`;
+      return {
+        text: `${binding.model} ${how} on ${loaded.backend} as ${loaded.instanceId}.`,
+        structured: {
+          model: binding.model,
+          backend: loaded.backend,
+          instance_id: loaded.instanceId,
+          load_time_s: loaded.loadTimeS ?? null,
+          already_loaded: loaded.alreadyLoaded,
+        },
+      };
     },
   });
 
