@@ -30,6 +30,8 @@ export interface App {
   readonly router: ModelRouter;
   readonly stats: BridgeStats;
   readonly conversations: TtlMap<string, Conversation>;
+  /** Backends found to lack the Responses API: create_response keeps history for them. */
+  readonly responsesUnsupported: Set<string>;
   /** Aborted when lmbridge shuts down: every request stops. */
   readonly shutdown: AbortController;
 }
@@ -78,7 +80,9 @@ export function createApp(config: Config, log: Logger, options: CreateAppOptions
     catalog,
     router,
     stats: new BridgeStats(),
-    conversations: new TtlMap({ ttlMs: 6 * 3600_000, maxSize: 10_000 }),
+    // At most 2000 × 48k characters of history (trimHistory), for 6 hours.
+    conversations: new TtlMap({ ttlMs: 6 * 3600_000, maxSize: 2_000 }),
+    responsesUnsupported: new Set(),
     shutdown: new AbortController(),
   };
 }

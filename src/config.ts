@@ -217,13 +217,20 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
 
   return {
     backends,
-    apiKey: env.LMSTUDIO_API_KEY || env.LMBRIDGE_API_KEY ||
-      (file.apiKey === undefined ? undefined : String(file.apiKey)),
+    apiKey: secret(
+      env.LMSTUDIO_API_KEY
+        ? "LMSTUDIO_API_KEY"
+        : env.LMBRIDGE_API_KEY
+        ? "LMBRIDGE_API_KEY"
+        : "apiKey (config file)",
+      env.LMSTUDIO_API_KEY || env.LMBRIDGE_API_KEY ||
+        (file.apiKey === undefined ? undefined : String(file.apiKey)),
+    ),
     defaultModel: strOpt(flags.model, "DEFAULT_MODEL", "defaultModel"),
     mcpConfigPath: strOpt(flags.mcpConfig, "MCP_JSON_PATH", "mcpJsonPath"),
     logLevel,
     http,
-    httpToken: env.LMBRIDGE_HTTP_TOKEN || undefined,
+    httpToken: secret("LMBRIDGE_HTTP_TOKEN", env.LMBRIDGE_HTTP_TOKEN || undefined),
     maxInflightPerModel: num("LMBRIDGE_MAX_INFLIGHT_PER_MODEL", "maxInflightPerModel", undefined, {
       min: 1,
       integer: true,
@@ -294,6 +301,16 @@ export function parseHostPort(value: string, setting: string): { host: string; p
     throw new ConfigError(setting, value, "port must be between 0 and 65535");
   }
   return { host, port };
+}
+
+/** A token goes into an HTTP header: printable ASCII without spaces. Its value is never
+ * printed, not even in the error. */
+function secret(setting: string, value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  if (!/^[\x21-\x7e]+$/.test(value)) {
+    throw new ConfigError(setting, "(hidden)", "must be printable characters without spaces");
+  }
+  return value;
 }
 
 function resolvePath(cwd: string, p: string): string {

@@ -455,3 +455,17 @@ Deno.test("a bad env value stops start-up with exit code 2 and one line naming i
   assert.match(lines[0], /loud/);
   assert.equal(new TextDecoder().decode(out.stdout), "", "nothing on stdout");
 });
+
+Deno.test("a token with spaces or control characters stops start-up without being printed", () => {
+  for (
+    const [name, value] of [["LMSTUDIO_API_KEY", "abc\nSECRET"], ["LMBRIDGE_HTTP_TOKEN", "a b"]]
+  ) {
+    assert.throws(
+      () => loadConfig({ env: { [name]: value } }),
+      (err: Error) =>
+        err instanceof ConfigError && err.message.includes(name) &&
+        !err.message.includes("SECRET") && !err.message.includes("a b"),
+    );
+  }
+  assert.equal(loadConfig({ env: { LMSTUDIO_API_KEY: "sk-lm-abc:DEF" } }).apiKey, "sk-lm-abc:DEF");
+});

@@ -4,6 +4,7 @@
  * stream, parsed incrementally, under a first-byte timeout, an idle timeout between chunks,
  * and whatever deadline the caller's signal carries.
  */
+import { timerMs } from "../util/async.ts";
 import { abortToError, BridgeError } from "../util/errors.ts";
 import { readSse, StreamReadError } from "../util/sse.ts";
 import { parseRetryAfter } from "../util/retry.ts";
@@ -68,9 +69,13 @@ export class BackendClient {
     return this.#kind;
   }
 
-  /** Detects the server kind: LM Studio's greeting, Ollama's version endpoint, llama-server's props, else generic. */
+  /** The server kind: detected once, then remembered (a failed detection is not). */
   async detectKind(signal?: AbortSignal): Promise<BackendKind> {
-    if (this.#kind) return this.#kind;
+    return this.#kind ??= await this.#detect(signal);
+  }
+
+  /** LM Studio's greeting, Ollama's version endpoint, llama-server's props, else generic. */
+  async #detect(signal?: AbortSignal): Promise<BackendKind> {
     const ok = async (path: string, test: (body: Record<string, unknown>) => boolean) => {
       try {
         const res = await this.#send(path, { method: "GET", signal, timeoutMs: 5_000 });
@@ -78,34 +83,36 @@ export class BackendClient {
         return typeof body === "object" && body !== null && !readErrorField(body) &&
           test(body as Record<string, unknown>);
       } catch (err) {
-        if (err instanceof BridgeError && err.code === "backend_unreachable") throw err;
-        if (signal?.aborted) throw err;
+        // Down, hung or refusing the token says nothing about the kind: do not guess.
+        if (
+          signal?.aborted ||
+          (err instanceof BridgeError &&
+            ["backend_unreachable", "timeout", "auth_failed"].includes(err.code))
+        ) throw err;
         return false;
       }
     };
-    let kind: BackendKind = "openai";
-    if (await ok("/lmstudio-greeting", (b) => b.lmstudio === true)) kind = "lmstudio";
-    else if (await ok("/api/version", (b) => typeof b.version === "string")) kind = "ollama";
-    else if (await ok("/props", (b) => "default_generation_settings" in b || "n_ctx" in b)) {
-      kind = "llamacpp";
+    if (await ok("/lmstudio-greeting", (b) => b.lmstudio === true)) return "lmstudio";
+    if (await ok("/api/version", (b) => typeof b.version === "string")) return "ollama";
+    if (await ok("/props", (b) => "default_generation_settings" in b || "n_ctx" in b)) {
+      return "llamacpp";
     }
-    this.#kind = kind;
-    return kind;
+    return "openai";
   }
 
   /** Reachability, kind and latency, never throwing. */
   async probe(signal?: AbortSignal): Promise<ProbeResult> {
     const start = this.#now();
+    let kind: BackendKind | undefined;
     try {
-      this.#kind = undefined;
-      const kind = await this.detectKind(signal);
+      kind = this.#kind = await this.#detect(signal);
       await this.#json("/v1/models", { method: "GET", signal, timeoutMs: 10_000 });
       return { reachable: true, kind, latencyMs: Math.round(this.#now() - start) };
     } catch (err) {
       const error = err instanceof BridgeError ? err : unreachableError(err, { backend: this.url });
       return {
         reachable: error.code !== "backend_unreachable" && error.code !== "timeout",
-        kind: this.#kind,
+        kind,
         latencyMs: Math.round(this.#now() - start),
         error,
       };
@@ -249,6 +256,8 @@ export class BackendClient {
         options.onText?.(t);
       },
     });
+    // A non-streamed body is complete by nature; a stream once it said [DONE].
+    let complete = false;
     const watchdog = new Watchdog(options.signal);
     const ctx = { backend: this.url, model };
     const fail = (err: BridgeError) =>
@@ -286,6 +295,7 @@ export class BackendClient {
           );
         }
         if (!acc.push(parsed)) throw upstreamError(200, acc.error!, ctx);
+        complete = true;
       } else {
         for await (const event of readSse(res.body!, { signal: watchdog.signal })) {
           watchdog.arm(
@@ -297,7 +307,10 @@ export class BackendClient {
               }),
           );
           const data = event.data.trim();
-          if (data === "[DONE]") break;
+          if (data === "[DONE]") {
+            complete = true;
+            break;
+          }
           if (!data) continue;
           let chunk: unknown;
           try {
@@ -313,6 +326,14 @@ export class BackendClient {
         }
       }
       const toolCalls = acc.finish();
+      if (!complete && !acc.finishReason && acc.delivered) {
+        // The connection closed cleanly, but the answer never said it was done.
+        throw new BridgeError("upstream_error", "the stream ended before the answer was complete", {
+          ...ctx,
+          hint: "the model server may have crashed or restarted; check its log",
+          details: { phase: "stream" },
+        });
+      }
       if (!acc.text && !acc.reasoning && toolCalls.length === 0 && !acc.finishReason) {
         throw new BridgeError(
           "upstream_error",
@@ -596,7 +617,7 @@ export class BackendClient {
     const headers: Record<string, string> = { accept: "application/json, text/event-stream" };
     if (init.body !== undefined) headers["content-type"] = "application/json";
     if (this.#apiKey) headers.authorization = `Bearer ${this.#apiKey}`;
-    const timeout = init.timeoutMs ? AbortSignal.timeout(init.timeoutMs) : undefined;
+    const timeout = init.timeoutMs ? AbortSignal.timeout(timerMs(init.timeoutMs)) : undefined;
     const signal = timeout && init.signal
       ? AbortSignal.any([init.signal, timeout])
       : timeout ?? init.signal;
@@ -613,7 +634,12 @@ export class BackendClient {
       if (timeout?.aborted) {
         throw new BridgeError("timeout", `${path} did not answer within ${init.timeoutMs}ms`, ctx);
       }
-      throw unreachableError(err, ctx);
+      // A malformed token makes fetch quote the header in its message: never pass it on.
+      const key = this.#apiKey;
+      const safe = key && err instanceof Error && err.message.includes(key)
+        ? new Error(err.message.replaceAll(key, "[redacted]"))
+        : err;
+      throw unreachableError(safe, ctx);
     }
     if (!res.ok) {
       const text = await res.text().catch(() => "");
@@ -679,7 +705,7 @@ class Watchdog {
     this.#timer = setTimeout(() => {
       this.fired = makeError();
       this.#local.abort(this.fired);
-    }, ms);
+    }, timerMs(ms));
   }
 
   dispose() {

@@ -206,6 +206,7 @@ export function generationTools(app: App, extras: { startJob?: StartJob } = {}):
       backend: z.string(),
       dimensions: z.number(),
       embeddings: z.array(z.array(z.number())),
+      model_mismatch: z.string().optional(),
     }),
     handler: async (args, ctx) => {
       const binding = await app.router.bind(args.model, { signal: ctx.signal, type: "embedding" });
@@ -216,11 +217,15 @@ export function generationTools(app: App, extras: { startJob?: StartJob } = {}):
       );
       app.stats.addUsage({ prompt_tokens: value.usage.prompt_tokens, completion_tokens: 0 });
       const dimensions = value.embeddings[0]?.length ?? 0;
-      return {
-        text:
-          `${value.embeddings.length} embedding(s) of ${dimensions} dimensions from ${binding.model}.`,
-        structured: { model: binding.model, backend, dimensions, embeddings: value.embeddings },
+      const structured: Record<string, unknown> = {
+        model: binding.model,
+        backend,
+        dimensions,
+        embeddings: value.embeddings,
       };
+      const summary =
+        `${value.embeddings.length} embedding(s) of ${dimensions} dimensions from ${binding.model}.`;
+      return { text: summary + mismatchNote(binding.model, value.model, structured), structured };
     },
   });
 
@@ -240,6 +245,7 @@ export function generationTools(app: App, extras: { startJob?: StartJob } = {}):
       text: z.string(),
       model: z.string(),
       backend: z.string(),
+      model_mismatch: z.string().optional(),
     }),
     handler: async (args, ctx) => {
       const previous = args.previous_response_id
@@ -258,31 +264,49 @@ export function generationTools(app: App, extras: { startJob?: StartJob } = {}):
         : await app.router.bind(args.model, { signal: ctx.signal });
       const mode = previous?.mode ?? await conversationMode(app, binding, ctx.signal);
       if (mode === "native") {
-        const { value, backend } = await app.router.run(
-          previous
-            ? { model: binding.model, entries: onBackend(binding, previous.backend) }
-            : binding,
-          { signal: ctx.signal, deadline: ctx.deadline, onStatus: ctx.progress.status },
-          (client) =>
-            client.responses({
-              model: binding.model,
-              input: args.input,
-              ...(args.previous_response_id
-                ? { previous_response_id: args.previous_response_id }
-                : {}),
-            }, { signal: ctx.signal, onText: ctx.progress.text }),
-        );
-        app.conversations.set(value.id, {
-          model: binding.model,
-          backend,
-          mode: "native",
-          messages: [],
-        });
-        app.stats.addUsage(value.usage);
-        return {
-          text: `${value.text}\n\n(response_id: ${value.id})`,
-          structured: { response_id: value.id, text: value.text, model: binding.model, backend },
-        };
+        try {
+          const { value, backend } = await app.router.run(
+            previous
+              ? { model: binding.model, entries: onBackend(binding, previous.backend) }
+              : binding,
+            { signal: ctx.signal, deadline: ctx.deadline, onStatus: ctx.progress.status },
+            (client) =>
+              client.responses({
+                model: binding.model,
+                input: args.input,
+                ...(args.previous_response_id
+                  ? { previous_response_id: args.previous_response_id }
+                  : {}),
+              }, { signal: ctx.signal, onText: ctx.progress.text }),
+          );
+          app.conversations.set(value.id, {
+            model: binding.model,
+            backend,
+            mode: "native",
+            messages: [],
+          });
+          app.stats.addUsage(value.usage);
+          const structured: Record<string, unknown> = {
+            response_id: value.id,
+            text: value.text,
+            model: binding.model,
+            backend,
+          };
+          return {
+            text: `${value.text}\n\n(response_id: ${value.id})${
+              mismatchNote(binding.model, value.model, structured)
+            }`,
+            structured,
+          };
+        } catch (err) {
+          // A server without the Responses API (older LM Studio, a generic server): lmbridge
+          // keeps the history instead, from now on for that backend.
+          const noApi = err instanceof BridgeError && err.code === "unsupported" && !previous &&
+            err.context.backend;
+          if (!noApi) throw err;
+          app.responsesUnsupported.add(noApi);
+          ctx.log.info("no Responses API; keeping the history in lmbridge", { backend: noApi });
+        }
       }
       const history: ChatMessage[] = previous ? [...previous.messages] : [];
       history.push({ role: "user", content: args.input });
@@ -307,9 +331,17 @@ export function generationTools(app: App, extras: { startJob?: StartJob } = {}):
         mode: "local",
         messages: trimHistory(history),
       });
+      const structured: Record<string, unknown> = {
+        response_id: id,
+        text: result.text,
+        model: binding.model,
+        backend,
+      };
       return {
-        text: `${result.text}\n\n(response_id: ${id})`,
-        structured: { response_id: id, text: result.text, model: binding.model, backend },
+        text: `${result.text}\n\n(response_id: ${id})${
+          mismatchNote(binding.model, result.model, structured)
+        }`,
+        structured,
       };
     },
   });
@@ -367,15 +399,25 @@ function formatGeneration(
     if (result.reasoning) text = `<reasoning>\n${result.reasoning}\n</reasoning>\n\n${text}`;
   }
   if (options.json !== undefined) structured.json = options.json;
-  if (result.model && !sameModel(result.model, binding.model)) {
-    structured.model_mismatch = result.model;
-    text +=
-      `\n\n[lmbridge warning: asked for ${binding.model} but the server answered as ${result.model}]`;
-  }
+  text += mismatchNote(binding.model, result.model, structured);
   if (result.finishReason === "length") {
     text += "\n\n[lmbridge note: the answer was cut at max_tokens]";
   }
   return { text, structured };
+}
+
+/**
+ * LM Studio has been seen to answer with another model than the one asked for: report it in
+ * `model_mismatch` and as a note for the reader. Returns the note ("" when they match).
+ */
+function mismatchNote(
+  asked: string,
+  answered: string | undefined,
+  structured: Record<string, unknown>,
+): string {
+  if (!answered || sameModel(answered, asked)) return "";
+  structured.model_mismatch = answered;
+  return `\n\n[lmbridge warning: asked for ${asked} but the server answered as ${answered}]`;
 }
 
 function copyOptions(args: Record<string, unknown>, body: Record<string, unknown>, keys: string[]) {
@@ -463,7 +505,7 @@ async function conversationMode(
   signal: AbortSignal,
 ): Promise<Conversation["mode"]> {
   const client = app.clients.find((c) => c.url === binding.entries[0]?.backend);
-  if (!client) return "local";
+  if (!client || app.responsesUnsupported.has(client.url)) return "local";
   const kind = await client.detectKind(signal);
   return kind === "lmstudio" || kind === "openai" ? "native" : "local";
 }
@@ -473,17 +515,31 @@ function onBackend(binding: Binding, backend: string) {
   return entries.length ? entries : binding.entries;
 }
 
-/** Keeps a local history bounded: the most recent messages within ~200k characters. */
-function trimHistory(messages: ChatMessage[]): ChatMessage[] {
+/** The most history lmbridge keeps for one conversation, in characters. */
+export const MAX_HISTORY_CHARS = 48_000;
+
+/**
+ * Keeps a local history bounded: the most recent messages within MAX_HISTORY_CHARS (a local
+ * model could not see more anyway); a single longer message keeps its end.
+ */
+export function trimHistory(messages: ChatMessage[]): ChatMessage[] {
   let total = 0;
   const kept: ChatMessage[] = [];
-  for (let i = messages.length - 1; i >= 0 && kept.length < 200; i--) {
-    const size = typeof messages[i].content === "string"
-      ? (messages[i].content as string).length
-      : 1000;
-    if (total + size > 200_000 && kept.length >= 2) break;
-    total += size;
-    kept.unshift(messages[i]);
+  for (let i = messages.length - 1; i >= 0; i--) {
+    const message = messages[i];
+    const text = typeof message.content === "string"
+      ? message.content
+      : JSON.stringify(message.content ?? "");
+    const room = MAX_HISTORY_CHARS - total;
+    if (room <= 0) break;
+    if (text.length > room) {
+      if (typeof message.content === "string") {
+        kept.unshift({ ...message, content: `[…] ${text.slice(text.length - room)}` });
+      }
+      break;
+    }
+    total += text.length;
+    kept.unshift(message);
   }
   return kept;
 }

@@ -1,5 +1,13 @@
 /** Small waiting helpers that always honour an AbortSignal. */
 
+/** The longest delay a timer takes; longer ones would fire at once. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** `ms` clamped to what a timer can wait (0 … MAX_TIMER_MS). */
+export function timerMs(ms: number): number {
+  return Math.max(0, Math.min(ms, MAX_TIMER_MS));
+}
+
 /**
  * Resolves after `ms`, or rejects with `signal.reason` as soon as the signal aborts.
  * Keeps no timer alive after an abort.
@@ -18,7 +26,7 @@ export function delay(ms: number, options: { signal?: AbortSignal } = {}): Promi
     const timer = setTimeout(() => {
       signal?.removeEventListener("abort", onAbort);
       resolve();
-    }, Math.max(0, ms));
+    }, timerMs(ms));
     signal?.addEventListener("abort", onAbort, { once: true });
   });
 }
@@ -89,7 +97,7 @@ export function linkSignals(
     timer = setTimeout(() => {
       controller.abort(new DOMException("The deadline passed", "TimeoutError"));
       dispose();
-    }, Math.max(0, Math.min(options.timeoutMs, 2 ** 31 - 1)));
+    }, timerMs(options.timeoutMs));
   }
   return { signal: controller.signal, dispose };
 }

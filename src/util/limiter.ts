@@ -5,7 +5,7 @@
  */
 
 import { abortToError, BridgeError } from "./errors.ts";
-import { delay } from "./async.ts";
+import { delay, timerMs } from "./async.ts";
 
 /** Options of {@linkcode SlotLimiter}. */
 export interface SlotLimiterOptions {
@@ -49,9 +49,6 @@ interface Waiter {
   enqueuedAt: number;
   grant: () => void;
 }
-
-/** setTimeout's largest delay; longer ones would fire at once. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /**
  * Grants a request one slot on every key at once (e.g. its backend and its model).
@@ -145,7 +142,7 @@ export class SlotLimiter {
               },
             ),
           );
-        }, Math.min(MAX_TIMER_MS, Math.max(0, this.#queueTimeoutMs)));
+        }, timerMs(this.#queueTimeoutMs));
       }
     });
   }
