@@ -72,6 +72,17 @@ const ALLOWED = new Set([
   "mcp_tool_failed",
 ]);
 
+/** Progress lines that are status, not answer text (sent only before any text). */
+const STATUS =
+  /^(waiting for a free slot|attempt \d+ failed|loading model|model \S+ loaded|\S+ is unreachable)/;
+
+/** The SPEC code of an error text, which must be one of the codes chaos may cause. */
+function codeOf(text: string): string {
+  const code = /^Error \[([a-z_]+)\]/.exec(text)?.[1] ?? "?";
+  assert.ok(ALLOWED.has(code), `unexpected ${text}`);
+  return code;
+}
+
 Deno.test("chaos: mixed load under every fault loses and mixes up nothing", async () => {
   const double = await startDouble({
     chunkSize: 6,
@@ -143,13 +154,15 @@ Deno.test("chaos: mixed load under every fault loses and mixes up nothing", asyn
               signal: controller.signal,
               timeout: 60_000,
             }).then((r) => {
+              const own = `[${model}] You said: chaos ${id}`;
+              // Whatever text was streamed, success or not, is this request's own.
+              const streamedText = progress.filter((m) => !STATUS.test(m)).join("");
+              assert.ok(own.startsWith(streamedText), `progress of ${id}: ${streamedText}`);
               if (!r.isError) {
-                assert.equal(textOf(r), `[${model}] You said: chaos ${id}`, "its own answer");
+                assert.equal(textOf(r), own, "its own answer");
                 return "ok";
               }
-              const code = /^Error \[([a-z_]+)\]/.exec(textOf(r))?.[1] ?? "?";
-              assert.ok(ALLOWED.has(code), `unexpected ${textOf(r)}`);
-              return code;
+              return codeOf(textOf(r));
             }, (err) => {
               assert.ok(cancel, `only cancelled calls reject: ${err}`);
               return "client-cancelled";
@@ -168,11 +181,7 @@ Deno.test("chaos: mixed load under every fault loses and mixes up nothing", asyn
             bridge.call("autonomous_with_mcp", { task: `${task} #${id}`, mcp_names: mcp, model }, {
               timeout: 60_000,
             }).then((r) => {
-              if (r.isError) {
-                const code = /^Error \[([a-z_]+)\]/.exec(textOf(r))?.[1] ?? "?";
-                assert.ok(ALLOWED.has(code), `unexpected ${textOf(r)}`);
-                return `agent-${code}`;
-              }
+              if (r.isError) return `agent-${codeOf(textOf(r))}`;
               const s = r.structuredContent as Structured;
               assert.equal(s.model, model, "the run kept its model");
               return s.tool_calls.every((c: Structured) => c.ok) ? "agent-ok" : "agent-tool-error";
@@ -181,7 +190,7 @@ Deno.test("chaos: mixed load under every fault loses and mixes up nothing", asyn
         } else if (kind < 0.75) {
           expectations.push(
             bridge.call("generate_embeddings", { text: [`e${id}`, "shared"] }).then((r) => {
-              if (r.isError) return /^Error \[([a-z_]+)\]/.exec(textOf(r))?.[1] ?? "?";
+              if (r.isError) return codeOf(textOf(r));
               assert.equal((r.structuredContent as Structured).embeddings.length, 2);
               return "ok";
             }),
@@ -207,7 +216,7 @@ Deno.test("chaos: mixed load under every fault loses and mixes up nothing", asyn
         } else {
           expectations.push(
             bridge.call("create_response", { input: `turn ${id}`, model }).then((r) => {
-              if (r.isError) return /^Error \[([a-z_]+)\]/.exec(textOf(r))?.[1] ?? "?";
+              if (r.isError) return codeOf(textOf(r));
               assert.match((r.structuredContent as Structured).text, new RegExp(`turn ${id}`));
               return "ok";
             }),

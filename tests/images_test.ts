@@ -257,3 +257,25 @@ Deno.test("over real HTTP, a 404 or an HTML page is refused and the server stops
     await server.shutdown();
   }
 });
+
+Deno.test("an enabled remote image over 10 MB is refused without downloading all of it", async () => {
+  let pulled = 0;
+  const body = new ReadableStream<Uint8Array>({
+    pull(controller) {
+      pulled++;
+      if (pulled > 40) controller.close();
+      else controller.enqueue(new Uint8Array(1024 * 1024));
+    },
+  });
+  const fakeFetch = () =>
+    Promise.resolve(new Response(body, { headers: { "content-type": "image/png" } }));
+  await assert.rejects(
+    loadImages(["https://example.com/huge.png"], {
+      roots: [],
+      allowRemote: true,
+      fetch: fakeFetch as typeof fetch,
+    }),
+    /larger than 10 MB/,
+  );
+  assert.ok(pulled <= 13, `${pulled} MB pulled`);
+});

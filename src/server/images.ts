@@ -57,8 +57,8 @@ async function loadImage(image: string, field: string, options: ImageOptions): P
       await res.body?.cancel();
       throw bad(`type ${type || "unknown"} is not png, jpeg, gif or webp`);
     }
-    const bytes = new Uint8Array(await res.arrayBuffer());
-    if (bytes.length > MAX_IMAGE_BYTES) throw bad("larger than 10 MB");
+    const bytes = await readAtMost(res, MAX_IMAGE_BYTES);
+    if (!bytes) throw bad("larger than 10 MB");
     return `data:${type};base64,${toBase64(bytes)}`;
   }
   if (image.includes("\0")) throw bad("contains a NUL byte");
@@ -82,6 +82,31 @@ async function loadImage(image: string, field: string, options: ImageOptions): P
   if (!info.isFile) throw bad("not a file");
   if (info.size > MAX_IMAGE_BYTES) throw bad("larger than 10 MB");
   return `data:${type};base64,${toBase64(await Deno.readFile(real))}`;
+}
+
+/** The body, or undefined (and the download stopped) as soon as it passes `limit` bytes. */
+async function readAtMost(res: Response, limit: number): Promise<Uint8Array | undefined> {
+  if (Number(res.headers.get("content-length") ?? 0) > limit) {
+    await res.body?.cancel();
+    return undefined;
+  }
+  const parts: Uint8Array[] = [];
+  let size = 0;
+  for await (const part of res.body ?? new ReadableStream<Uint8Array>()) {
+    size += part.length;
+    if (size > limit) {
+      // Leaving the loop early cancels the body: nothing more is downloaded.
+      return undefined;
+    }
+    parts.push(part);
+  }
+  const out = new Uint8Array(size);
+  let at = 0;
+  for (const part of parts) {
+    out.set(part, at);
+    at += part.length;
+  }
+  return out;
 }
 
 function toBase64(bytes: Uint8Array): string {
