@@ -6,6 +6,7 @@ import {
   loadMcpConfig,
   parseMcpConfig,
   type SelfIdentity,
+  withoutSecrets,
 } from "../src/downstream/mcp_config.ts";
 import { BridgeError } from "../src/util/errors.ts";
 
@@ -56,6 +57,8 @@ Deno.test("stdio, http and sse entries are read as Claude Code writes them", () 
       disabled: false,
       self: false,
       fingerprint: undefined,
+      shown: "npx -y server-filesystem .",
+      secrets: [],
     },
   );
   assert.equal(remote.transport, "http");
@@ -91,6 +94,17 @@ Deno.test("${VAR} and ${VAR:-default} expand in command, args, env, url and head
   assert.deepEqual(stdio.env, { API_KEY: "s3cret", MODE: "fast" });
   assert.equal(http.url, "https://mcp.local:8443/mcp");
   assert.deepEqual(http.headers, { Authorization: "Bearer s3cret" });
+  // What may be shown is the entry as written; the expanded values are known as secrets.
+  assert.equal(stdio.shown, "${BIN}/server --root ${ROOT:-/srv/data} ${EMPTY:-unused} ${MISSING}");
+  assert.ok(stdio.secrets.includes("s3cret"));
+  assert.ok(stdio.secrets.includes("/opt/bin/server"));
+  assert.equal(http.shown, "https://${HOST}:${PORT:-8443}/mcp");
+  assert.ok(http.secrets.includes("Bearer s3cret"));
+});
+
+Deno.test("a URL shown in messages has no credentials or query", () => {
+  assert.equal(withoutSecrets("https://u:p@h.example/mcp?key=abc"), "https://h.example/mcp");
+  assert.equal(withoutSecrets("not a url?token=x"), "not a url");
 });
 
 Deno.test("expandVars: a set but empty variable stays empty; an unset one without default is empty", () => {

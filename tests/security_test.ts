@@ -15,6 +15,8 @@ Deno.test("secrets appear in no log, error or tool result", async () => {
   const httpToken = "http-token-SECRET-456";
   const serverSecret = "mcp-env-SECRET-789";
   const headerSecret = "header-SECRET-000";
+  const argSecret = "arg-SECRET-321";
+  const urlSecret = "url-SECRET-654";
   const double = await startDouble({ apiKey });
   const dir = Deno.makeTempDirSync({ prefix: "lmbridge-sec-" });
   const configPath = join(dir, ".mcp.json");
@@ -24,12 +26,12 @@ Deno.test("secrets appear in no log, error or tool result", async () => {
       mcpServers: {
         broken: {
           command: Deno.execPath(),
-          args: ["run", "-A", "--no-config", "--no-lock", FAULTY, "exit"],
+          args: ["run", "-A", "--no-config", "--no-lock", FAULTY, "exit", "--key=${ARG_SECRET}"],
           env: { API_TOKEN: serverSecret },
         },
         remote: {
           type: "http",
-          url: "http://127.0.0.1:9/mcp",
+          url: "http://127.0.0.1:9/mcp?key=${URL_SECRET}",
           headers: { Authorization: `Bearer ${headerSecret}` },
         },
       },
@@ -40,6 +42,8 @@ Deno.test("secrets appear in no log, error or tool result", async () => {
     LMBRIDGE_HTTP_TOKEN: httpToken,
     MCP_JSON_PATH: configPath,
     LOG_LEVEL: "debug",
+    ARG_SECRET: argSecret,
+    URL_SECRET: urlSecret,
   }));
   const outputs: string[] = [];
   try {
@@ -65,8 +69,20 @@ Deno.test("secrets appear in no log, error or tool result", async () => {
     await double.close();
   }
   const everything = outputs.join("\n") + "\n" + bridge.stderr();
-  for (const secret of [apiKey, "VALUE123", httpToken, serverSecret, headerSecret]) {
+  for (
+    const secret of [
+      apiKey,
+      "VALUE123",
+      httpToken,
+      serverSecret,
+      headerSecret,
+      argSecret,
+      urlSecret,
+    ]
+  ) {
     assert.ok(!everything.includes(secret), `${secret} leaked`);
   }
-  assert.ok(bridge.stderr().includes('"level":"debug"') || bridge.stderr().length > 0);
+  // The failures were reported (so the texts above were really produced), as written.
+  assert.match(everything, /MCP server "broken" exited during start-up/);
+  assert.match(everything, /MCP server "remote" at http:\/\/127\.0\.0\.1:9\/mcp:/);
 });

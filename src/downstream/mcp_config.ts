@@ -27,6 +27,11 @@ export interface McpServerEntry {
   self: boolean;
   /** A stable string of the expanded entry: it changes iff the entry changed (hot reload). */
   fingerprint: string;
+  /** What runs, as written in the file (variables not expanded, URL without credentials or
+   * query): safe to show in messages and logs, where an expanded secret must never go. */
+  shown: string;
+  /** Values never to show: env and header values, and whatever `${VAR}` expanded into. */
+  secrets: string[];
 }
 
 /** What was found in the MCP servers file. */
@@ -169,10 +174,10 @@ export function parseMcpConfig(
       try {
         parsed = new URL(url);
       } catch {
-        fail(`${where}: "url" is not a valid URL: ${JSON.stringify(url)}`);
+        fail(`${where}: "url" is not a valid URL: ${JSON.stringify(spec.url)}`);
       }
       if (parsed!.protocol !== "http:" && parsed!.protocol !== "https:") {
-        fail(`${where}: "url" must be http:// or https://, got ${JSON.stringify(url)}`);
+        fail(`${where}: "url" must be http:// or https://, got ${JSON.stringify(spec.url)}`);
       }
     }
 
@@ -197,6 +202,17 @@ export function parseMcpConfig(
       disabled: disabled as boolean,
       self,
       fingerprint,
+      shown: transport === "stdio"
+        ? [spec.command as string, ...stringArray(spec.args, "", fail)]
+          .map((a) => /\s/.test(a) ? `"${a}"` : a).join(" ")
+        : withoutSecrets(spec.url as string),
+      secrets: [
+        ...Object.values(env),
+        ...Object.values(headers),
+        ...[spec.command, spec.url, ...stringArray(spec.args, "", fail)]
+          .filter((raw): raw is string => typeof raw === "string" && raw.includes("${"))
+          .map(expand),
+      ].filter((v) => v.length >= 4),
     });
   }
   return entries;
@@ -283,6 +299,19 @@ function stringMap(
     out[k] = expand(v as string);
   }
   return out;
+}
+
+/** A URL as written, without user:password and query string (where tokens tend to live). */
+export function withoutSecrets(url: string): string {
+  try {
+    const u = new URL(url);
+    u.username = "";
+    u.password = "";
+    u.search = "";
+    return u.href;
+  } catch {
+    return url.replace(/\/\/[^@/]*@/, "//").replace(/\?.*$/, "");
+  }
 }
 
 function sortedEntries(map: Record<string, string>): [string, string][] {

@@ -682,7 +682,7 @@ export class SessionPool {
     if (entry.transport !== "stdio") {
       return new BridgeError(
         "mcp_server_unavailable",
-        `cannot connect to ${name} at ${entry.url}: ${message}`,
+        `cannot connect to ${name} at ${entry.shown}: ${scrub(message, entry)}`,
         { hint: `is the server running? check "url" and "headers" of "${entry.name}"`, cause: err },
       );
     }
@@ -690,15 +690,15 @@ export class SessionPool {
     if (code === "ENOENT") {
       return new BridgeError(
         "mcp_server_unavailable",
-        `cannot start ${name}: command not found: ${entry.command}`,
+        `cannot start ${name}: command not found: ${entry.shown.split(" ")[0]}`,
         { hint: `install it or fix "command" of "${entry.name}"`, cause: err },
       );
     }
     if (code === "EACCES") {
       return new BridgeError(
         "mcp_server_unavailable",
-        `cannot start ${name}: permission denied: ${entry.command}`,
-        { hint: `make ${entry.command} executable`, cause: err },
+        `cannot start ${name}: permission denied: ${entry.shown.split(" ")[0]}`,
+        { hint: `make ${entry.shown.split(" ")[0]} executable`, cause: err },
       );
     }
     if (session.exited || isConnectionClosed(err)) {
@@ -708,7 +708,7 @@ export class SessionPool {
         { hint: rerunHint(entry), cause: err },
       );
     }
-    return new BridgeError("mcp_server_unavailable", `cannot start ${name}: ${message}`, {
+    return new BridgeError("mcp_server_unavailable", `cannot start ${name}: ${scrub(message, entry)}`, {
       hint: rerunHint(entry),
       cause: err,
     });
@@ -827,14 +827,20 @@ function closedError(): BridgeError {
 }
 
 function rerunHint(entry: McpServerEntry): string {
-  if (entry.transport !== "stdio") return `check that ${entry.url} serves MCP (${entry.transport})`;
-  const line = [entry.command, ...entry.args].map((a) => /\s/.test(a!) ? `"${a}"` : a).join(" ");
-  return `run it by hand to see why: ${line}`;
+  if (entry.transport !== "stdio") {
+    return `check that ${entry.shown} serves MCP (${entry.transport})`;
+  }
+  return `run it by hand to see why: ${entry.shown}`;
+}
+
+/** A message with the entry's secret values (env, headers, expanded variables) blotted out. */
+function scrub(message: string, entry: McpServerEntry): string {
+  return entry.secrets.reduce((m, v) => m.replaceAll(v, "[redacted]"), message);
 }
 
 function stderrSuffix(session: Session): string {
   const tail = session.stderrTail.trim().split("\n").slice(-3).join(" | ").slice(-500);
-  return tail ? `; its stderr said: ${tail}` : "";
+  return tail ? `; its stderr said: ${scrub(tail, session.entry)}` : "";
 }
 
 function formatSeconds(ms: number): string {
