@@ -15,6 +15,7 @@ import type {
 import { abortable, delay } from "../src/util/async.ts";
 import { BridgeError } from "../src/util/errors.ts";
 import { rejection } from "./support/helpers.ts";
+import { errorResult } from "../src/server/registry.ts";
 
 // --- fakes ---------------------------------------------------------------------------------
 
@@ -490,6 +491,14 @@ Deno.test("cancelling aborts the tool call in flight and fails with cancelled an
   assert.equal(err.context.details?.stop_reason, "cancelled");
   assert.equal(err.context.details?.rounds, 1);
   assert.equal(err.context.model, "qwen/qwen3-4b");
+  // The client gets the run so far as structured content of the error result.
+  const shown = errorResult(err);
+  assert.equal(shown.isError, true);
+  const structured = shown.structuredContent as Record<string, unknown>;
+  assert.equal(structured.stop_reason, "cancelled");
+  assert.equal(structured.error_code, "cancelled");
+  assert.ok(Array.isArray(structured.tool_calls));
+  assert.equal(structured.rounds, 1);
 });
 
 Deno.test("a deadline aborts the upstream chat and fails with timeout", async () => {

@@ -239,16 +239,12 @@ export async function runAgent(options: AgentOptions): Promise<AgentResult> {
     const stopReason: StopReason = signal.aborted
       ? (error.code === "timeout" ? "timeout" : "cancelled")
       : "error";
+    const summary = { stop_reason: stopReason, rounds: round, tool_calls: toolCalls, usage };
     throw error.with({
       model: error.context.model ?? options.model,
       partialText: error.context.partialText ?? (partial || undefined),
-      details: {
-        ...error.context.details,
-        stop_reason: stopReason,
-        rounds: round,
-        tool_calls: toolCalls,
-        usage,
-      },
+      details: { ...error.context.details, ...summary },
+      result: { answer: partial, model: options.model, ...summary },
     });
   }
 }

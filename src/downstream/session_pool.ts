@@ -708,10 +708,14 @@ export class SessionPool {
         { hint: rerunHint(entry), cause: err },
       );
     }
-    return new BridgeError("mcp_server_unavailable", `cannot start ${name}: ${scrub(message, entry)}`, {
-      hint: rerunHint(entry),
-      cause: err,
-    });
+    return new BridgeError(
+      "mcp_server_unavailable",
+      `cannot start ${name}: ${scrub(message, entry)}`,
+      {
+        hint: rerunHint(entry),
+        cause: err,
+      },
+    );
   }
 
   /** Maps a failed call; a transport failure also marks the session for restart. */

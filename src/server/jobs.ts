@@ -696,6 +696,9 @@ export class JobRunner {
     if (outcome.error) {
       record.error = outcome.error.format();
       record.errorCode = outcome.error.code;
+      // What a failed run did before it failed (an agent's rounds and tool calls).
+      const partial = outcome.error.context.result;
+      if (partial && !record.result) record.result = { text: record.error, structured: partial };
     }
     job.record = record;
     this.#live.delete(job.record.id);

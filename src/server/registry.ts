@@ -166,7 +166,11 @@ export function installTools(server: Server, tools: ToolDefinition[], options: R
 
 /** An `isError` result with `Error [code]: …` text. */
 export function errorResult(err: BridgeError): CallToolResult {
-  return { content: [{ type: "text", text: err.format() }], isError: true };
+  const result: CallToolResult = { content: [{ type: "text", text: err.format() }], isError: true };
+  if (err.context.result) {
+    result.structuredContent = { ...err.context.result, error_code: err.code };
+  }
+  return result;
 }
 
 /** zod issues → `invalid_request` naming each field and its problem. */

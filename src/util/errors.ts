@@ -35,6 +35,9 @@ export interface ErrorContext {
   partialText?: string;
   /** Extra data for structured results (e.g. suggestions). */
   details?: Record<string, unknown>;
+  /** The tool's structured result so far (an agent run's rounds and tool calls), returned
+   * with the error so the client sees what already happened. */
+  result?: Record<string, unknown>;
 }
 
 /**
