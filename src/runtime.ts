@@ -62,10 +62,12 @@ function createSessionPool(config: Config, log: Logger): SessionPool {
   const main = new URL("../main.ts", import.meta.url);
   const execPath = Deno.execPath();
   return new SessionPool({
-    configPath: findMcpConfigPath(config.mcpConfigPath, {
-      cwd: Deno.cwd(),
-      home: Deno.env.get("HOME") ?? Deno.env.get("USERPROFILE"),
-    }),
+    // Searched again on every call: a file created (or moved) later is picked up.
+    configPath: () =>
+      findMcpConfigPath(config.mcpConfigPath, {
+        cwd: Deno.cwd(),
+        home: Deno.env.get("HOME") ?? Deno.env.get("USERPROFILE"),
+      }),
     env: Deno.env.toObject(),
     self: {
       execPath,

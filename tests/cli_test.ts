@@ -343,7 +343,7 @@ Deno.test("agent runs a task with a real MCP server, streaming its steps", async
     assert.match(Deno.readTextFileSync(memoryFile), /"name":"Ada"/);
 
     const unknown = await lmbridge(["agent", "x", "--mcp", "nope"], env);
-    assert.equal(unknown.code, 1);
+    assert.equal(unknown.code, 2, "an unknown server is bad usage");
     assert.match(unknown.stderr, /^Error \[invalid_request\]: .*nope/m);
     const empty = await lmbridge(["agent"], env);
     assert.equal(empty.code, 2);

@@ -79,7 +79,9 @@ export async function runAgentCommand(options: AgentCommandOptions): Promise<num
   } catch (err) {
     spin.stop();
     if (lastChar !== "\n") term.out("\n");
-    term.err(`${toBridgeError(err).with({ partialText: undefined }).format()}\n`);
-    return 1;
+    const error = toBridgeError(err).with({ partialText: undefined });
+    term.err(`${error.format()}\n`);
+    // A server name or argument that is wrong is bad usage (exit 2), not a failed run.
+    return error.code === "invalid_request" ? 2 : 1;
   }
 }

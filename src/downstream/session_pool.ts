@@ -56,8 +56,10 @@ export interface DownstreamToolResult {
 
 /** How a {@link SessionPool} finds, starts and watches the servers. */
 export interface SessionPoolOptions {
-  /** The MCP servers file; re-checked on every call (mtime, size, inode), re-parsed only when changed. */
-  configPath: string | undefined;
+  /** The MCP servers file; re-checked on every call (mtime, size, inode), re-parsed only when
+   * changed. A function is asked again on every call, so a file created later (or one that
+   * takes precedence) is picked up without a restart. */
+  configPath: string | undefined | (() => string | undefined);
   /** For `${VAR}` expansion and for what children inherit (PATH, HOME, … plus the entry's `env`). */
   env: Record<string, string | undefined>;
   self: SelfIdentity;
@@ -288,11 +290,16 @@ export class SessionPool {
       if (state.session && !state.session.retired) open++;
       else if (state.failure) failed++;
     }
-    const configPath = this.#config?.path ?? this.#options.configPath;
+    const configPath = this.#config?.path ?? this.#configPath();
     return configPath === undefined ? { open, failed } : { open, failed, configPath };
   }
 
   // --- config ----------------------------------------------------------------------------
+
+  #configPath(): string | undefined {
+    const { configPath } = this.#options;
+    return typeof configPath === "function" ? configPath() : configPath;
+  }
 
   #refresh(): Promise<McpConfig> {
     this.#refreshing ??= this.#reload().finally(() => {
@@ -302,8 +309,8 @@ export class SessionPool {
   }
 
   async #reload(): Promise<McpConfig> {
-    const path = this.#options.configPath;
-    const key = await fileKey(path);
+    const path = this.#configPath();
+    const key = `${path}|${await fileKey(path)}`;
     if (this.#config && key === this.#configKey) return this.#config;
     const config = await loadMcpConfig(path, { env: this.#options.env, self: this.#options.self });
     this.#config = config;
