@@ -40,6 +40,10 @@ export function createRuntime(
         s.status !== "disabled" && s.status !== "self"
       ).length,
     jobCacheStats: () => jobs.cacheStats(),
+    sessionStats: () => {
+      const snap = pool.snapshot();
+      return { size: snap.open, maxSize: snap.servers };
+    },
   });
   let closing: Promise<void> | undefined;
   return {

@@ -221,6 +221,16 @@ Deno.test("the agent uses real MCP servers through lmbridge", async (t) => {
       },
     );
 
+    await t.step(
+      "bridge_stats counts the open MCP sessions against the servers in the file",
+      async () => {
+        const stats = (await bridge.call("bridge_stats")).structuredContent as Structured;
+        const sessions = stats.caches.mcp_sessions;
+        assert.ok(sessions.size >= 1, "sessions were opened and kept");
+        assert.ok(sessions.size <= sessions.max_size);
+      },
+    );
+
     await t.step("broken servers are left out and reported while the run goes on", async () => {
       double.enqueueReply(
         { content: "", toolCalls: [{ name: "memory__read_graph", arguments: "{}" }] },

@@ -133,7 +133,7 @@ Deno.test("real servers: one session per server across calls; memory and filesys
     listed.servers.map((s) => [s.name, s.status, s.tools]),
     [["memory", "connected", memoryTools.length], ["filesystem", "connected", fsTools.length]],
   );
-  assert.deepEqual(pool.snapshot(), { open: 2, failed: 0, configPath: f.configPath });
+  assert.deepEqual(pool.snapshot(), { open: 2, failed: 0, servers: 2, configPath: f.configPath });
 
   const pids = listed.servers.map((s) => s.pid!);
   await pool.close();

@@ -282,16 +282,20 @@ export class SessionPool {
     return this.#closing;
   }
 
-  /** Counts for stats: sessions open, servers failed, the config path. */
-  snapshot(): { open: number; failed: number; configPath?: string } {
+  /** Counts for stats: sessions open (at most one per server in the file), servers failed,
+   * servers known, the config path. */
+  snapshot(): { open: number; failed: number; servers: number; configPath?: string } {
     let open = 0;
     let failed = 0;
     for (const state of this.#states.values()) {
       if (state.session && !state.session.retired) open++;
       else if (state.failure) failed++;
     }
+    const servers = this.#states.size;
     const configPath = this.#config?.path ?? this.#configPath();
-    return configPath === undefined ? { open, failed } : { open, failed, configPath };
+    return configPath === undefined
+      ? { open, failed, servers }
+      : { open, failed, servers, configPath };
   }
 
   // --- config ----------------------------------------------------------------------------

@@ -46,6 +46,8 @@ export interface HealthExtras {
   mcpServerCount?: (signal: AbortSignal) => Promise<number>;
   /** Sizes of the background jobs kept in memory, for bridge_stats. */
   jobCacheStats?: () => { size: number; maxSize: number };
+  /** Open MCP sessions (each with its cached tool list), at most one per server. */
+  sessionStats?: () => { size: number; maxSize: number };
 }
 
 export function modelTools(app: App, extras: HealthExtras = {}): ToolDefinition[] {
@@ -290,6 +292,7 @@ export function modelTools(app: App, extras: HealthExtras = {}): ToolDefinition[
       const catalog = app.catalog.cacheStats();
       const conv = app.conversations.stats();
       const jobs = extras.jobCacheStats?.();
+      const sessions = extras.sessionStats?.();
       const structured = {
         requests: app.stats.requests,
         errors_by_code: { ...app.stats.errorsByCode } as Record<string, number>,
@@ -308,6 +311,9 @@ export function modelTools(app: App, extras: HealthExtras = {}): ToolDefinition[
           catalog: { size: catalog.size, max_size: catalog.maxSize },
           conversations: { size: conv.size, max_size: conv.maxSize },
           ...(jobs ? { jobs: { size: jobs.size, max_size: jobs.maxSize } } : {}),
+          ...(sessions
+            ? { mcp_sessions: { size: sessions.size, max_size: sessions.maxSize } }
+            : {}),
         },
         latency_ms: app.stats.latency(),
         tokens: { ...app.stats.tokens },
