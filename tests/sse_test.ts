@@ -1,11 +1,5 @@
 import assert from "node:assert/strict";
-import {
-  IdleTimeoutError,
-  readSse,
-  type SseEvent,
-  SseParser,
-  StreamReadError,
-} from "../src/util/sse.ts";
+import { readSse, type SseEvent, SseParser, StreamReadError } from "../src/util/sse.ts";
 
 const SAMPLE = ": keep-alive comment\r\n" +
   "event: message.delta\r\n" +
@@ -108,24 +102,7 @@ Deno.test("an id with NUL is ignored and ids persist across events", () => {
   ]);
 });
 
-Deno.test("a stream that sends nothing throws IdleTimeoutError and is cancelled", async () => {
-  let cancelledWith: unknown = "not cancelled";
-  const body = new ReadableStream<Uint8Array>({
-    cancel(reason) {
-      cancelledWith = reason;
-    },
-  });
-  const started = performance.now();
-  await assert.rejects(collect(body, { idleTimeoutMs: 200 }), (err: unknown) => {
-    assert.ok(err instanceof IdleTimeoutError);
-    assert.equal(err.idleMs, 200);
-    return true;
-  });
-  assert.ok(performance.now() - started < 5000);
-  assert.ok(cancelledWith instanceof IdleTimeoutError);
-});
-
-Deno.test("the idle timer restarts with every chunk", async () => {
+Deno.test("chunks that come slowly are all read", async () => {
   let n = 0;
   const body = new ReadableStream<Uint8Array>({
     async pull(controller) {
@@ -134,7 +111,7 @@ Deno.test("the idle timer restarts with every chunk", async () => {
       else controller.close();
     },
   });
-  const events = await collect(body, { idleTimeoutMs: 3000 });
+  const events = await collect(body);
   assert.deepEqual(events.map((e) => e.data), ["1", "2", "3", "4"]);
 });
 
@@ -212,7 +189,7 @@ Deno.test("breaking out early cancels the source", async () => {
     },
   });
   const seen: string[] = [];
-  for await (const event of readSse(body, { idleTimeoutMs: 1000 })) {
+  for await (const event of readSse(body)) {
     seen.push(event.data);
     if (seen.length === 2) break;
   }

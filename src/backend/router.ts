@@ -98,9 +98,16 @@ export class ModelRouter {
     options: { signal?: AbortSignal; type?: "generation" | "embedding" } = {},
   ): Promise<Binding> {
     const resolved = await this.#catalog.resolve(name, options);
+    let changed = false;
     for (const e of resolved.entries) {
-      if (e.parallel) this.#parallel.set(modelKey(e.backend, e.id), e.parallel);
+      const key = modelKey(e.backend, e.id);
+      if (e.parallel && this.#parallel.get(key) !== e.parallel) {
+        this.#parallel.set(key, e.parallel);
+        changed = true;
+      }
     }
+    // A model loaded with more parallel slots lets queued requests go now.
+    if (changed) this.#limiter.recheck();
     return Object.freeze({ model: resolved.id, entries: Object.freeze([...resolved.entries]) });
   }
 

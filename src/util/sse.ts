@@ -114,18 +114,6 @@ export class SseParser {
   }
 }
 
-/** The stream sent no byte for `idleMs`; the body has been cancelled. */
-export class IdleTimeoutError extends Error {
-  /** The idle limit that was exceeded, in ms. */
-  readonly idleMs: number;
-
-  constructor(idleMs: number) {
-    super(`stream sent nothing for ${idleMs} ms`);
-    this.name = "IdleTimeoutError";
-    this.idleMs = idleMs;
-  }
-}
-
 /** Reading the body failed (e.g. the connection dropped); `cause` is the original error. */
 export class StreamReadError extends Error {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -136,11 +124,9 @@ export class StreamReadError extends Error {
 
 /** Options of {@linkcode readSse}. */
 export interface ReadSseOptions {
-  /** Aborting cancels the body and makes the iterator throw `signal.reason`. */
+  /** Aborting cancels the body and makes the iterator throw `signal.reason` (callers use it
+   * for their timeouts too). */
   signal?: AbortSignal;
-  /** Longest wait for the next chunk, in ms; beyond it the body is cancelled and
-   * {@linkcode IdleTimeoutError} is thrown. Default: no idle limit. */
-  idleTimeoutMs?: number;
 }
 
 type Outcome =
@@ -149,8 +135,7 @@ type Outcome =
 
 /**
  * Reads an HTTP body as SSE events, decoding UTF-8 incrementally (a character split across
- * chunks survives). Throws {@linkcode IdleTimeoutError} when the stream goes silent past
- * `idleTimeoutMs`, `signal.reason` on abort, {@linkcode StreamReadError} when the body
+ * chunks survives). Throws `signal.reason` on abort, {@linkcode StreamReadError} when the body
  * breaks. On every exit — end, error, abort, or the consumer breaking out early — the
  * reader is cancelled (unless the stream already ended) and released.
  *
@@ -159,7 +144,7 @@ type Outcome =
  *
  * @example
  * const res = await fetch(url, { method: "POST", body, signal });
- * for await (const ev of readSse(res.body!, { signal, idleTimeoutMs: 30_000 })) {
+ * for await (const ev of readSse(res.body!, { signal })) {
  *   if (ev.data === "[DONE]") break;
  *   console.log(JSON.parse(ev.data));
  * }
@@ -168,7 +153,7 @@ export async function* readSse(
   body: ReadableStream<Uint8Array>,
   options: ReadSseOptions = {},
 ): AsyncGenerator<SseEvent> {
-  const { signal, idleTimeoutMs } = options;
+  const { signal } = options;
   const reader = body.getReader();
   const decoder = new TextDecoder();
   const parser = new SseParser();
@@ -180,7 +165,7 @@ export async function* readSse(
         cancelReason = signal.reason;
         throw signal.reason;
       }
-      const outcome = await nextChunk(reader, signal, idleTimeoutMs);
+      const outcome = await nextChunk(reader, signal);
       if (outcome.kind === "error") {
         cancelReason = outcome.error;
         throw outcome.error;
@@ -200,27 +185,18 @@ export async function* readSse(
   }
 }
 
-/** One read raced against the idle timer and the signal; never rejects. */
+/** One read raced against the signal; never rejects. */
 function nextChunk(
   reader: ReadableStreamDefaultReader<Uint8Array>,
   signal: AbortSignal | undefined,
-  idleTimeoutMs: number | undefined,
 ): Promise<Outcome> {
   return new Promise<Outcome>((resolve) => {
-    let timer: ReturnType<typeof setTimeout> | undefined;
     const finish = (outcome: Outcome) => {
-      clearTimeout(timer);
       signal?.removeEventListener("abort", onAbort);
       resolve(outcome);
     };
     const onAbort = () => finish({ kind: "error", error: signal!.reason });
     signal?.addEventListener("abort", onAbort, { once: true });
-    if (idleTimeoutMs !== undefined && Number.isFinite(idleTimeoutMs)) {
-      timer = setTimeout(
-        () => finish({ kind: "error", error: new IdleTimeoutError(idleTimeoutMs) }),
-        Math.max(0, idleTimeoutMs),
-      );
-    }
     reader.read().then(
       (result) => finish({ kind: "chunk", result }),
       (error) => {
