@@ -187,6 +187,47 @@ async function firstProgress(): Promise<string[]> {
   }
 }
 
+async function cancelLatency(): Promise<string[]> {
+  const double = await startDouble({ chunkSize: 2, chunkDelayMs: 50 });
+  const bridge = await startBridge(bridgeEnv(double.url, { LOG_LEVEL: "warn" }));
+  try {
+    await bridge.call("chat_completion", { prompt: "warm" });
+    const latencies: number[] = [];
+    for (let i = 0; i < (quick ? 10 : 30); i++) {
+      const controller = new AbortController();
+      const before = double.requests.filter((q) => q.path === "/v1/chat/completions").length;
+      const call = bridge.call("chat_completion", { prompt: `a long answer ${i}` }, {
+        signal: controller.signal,
+        onprogress: () => {},
+      }).catch(() => undefined);
+      const [req] = (await double.waitForRequests(before + 1, { path: "/v1/chat/completions" }))
+        .slice(before);
+      await new Promise((r) => setTimeout(r, 120)); // streaming is under way
+      const t = performance.now();
+      controller.abort();
+      await double.waitForAbort(req.id, 5_000);
+      latencies.push(performance.now() - t);
+      await call;
+    }
+    const p50 = percentile(latencies, 0.5);
+    return [
+      "### Client cancel → upstream request aborted",
+      "",
+      "| p50 | p99 | max |",
+      "|---|---|---|",
+      `| **${ms(p50)}** (target ≤ 100 ms: ${p50 <= 100 ? "met" : "missed"}) | ${
+        ms(percentile(latencies, 0.99))
+      } | ${ms(Math.max(...latencies))} |`,
+      "",
+      "From the MCP client's abort (it sends notifications/cancelled) until the model server sees its stream's connection close.",
+      "",
+    ];
+  } finally {
+    await bridge.close();
+    await double.close();
+  }
+}
+
 async function machine(): Promise<string> {
   const cpu = (await Deno.readTextFile("/proc/cpuinfo").catch(() => ""))
     .match(/model name\s*:\s*(.+)/)?.[1] ?? "unknown CPU";
@@ -205,6 +246,7 @@ if (import.meta.main) {
     ...(await addedLatency()),
     ...(await concurrent()),
     ...(await firstProgress()),
+    ...(await cancelLatency()),
   ];
   const text = sections.join("\n");
   console.log(text);
