@@ -4,6 +4,7 @@
  * be ("10" → 10 for an integer field, never for a string field).
  */
 import { parseLenientJson } from "./json_repair.ts";
+import { isRecord } from "../util/json.ts";
 
 /** The outcome of {@link parseToolArguments}. */
 export type ParsedArguments =
@@ -168,8 +169,4 @@ function jsonType(value: unknown): string {
 function describe(value: unknown): string {
   const type = jsonType(value);
   return type === "array" ? "an array" : `a ${type}`;
-}
-
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === "object" && value !== null && !Array.isArray(value);
 }

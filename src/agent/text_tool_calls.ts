@@ -5,6 +5,7 @@
  * tool count; everything else stays text.
  */
 import { parseLenientJson } from "./json_repair.ts";
+import { isRecord } from "../util/json.ts";
 
 /** A call recognised in text; `arguments` is JSON text, as in the `tool_calls` field. */
 export interface TextToolCall {
@@ -106,8 +107,4 @@ function bracePairs(text: string): [number, number][] {
     else if (c === "}" && open.length) pairs.push([open.pop()!, i]);
   }
   return pairs.sort((a, b) => a[0] - b[0]);
-}
-
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === "object" && value !== null && !Array.isArray(value);
 }

@@ -5,6 +5,7 @@
 
 import { dirname, isAbsolute, join, resolve } from "node:path";
 import { BridgeError } from "../util/errors.ts";
+import { isRecord } from "../util/json.ts";
 
 /** How lmbridge talks to a downstream MCP server. */
 export type McpTransportKind = "stdio" | "http" | "sse";
@@ -316,10 +317,6 @@ export function withoutSecrets(url: string): string {
 
 function sortedEntries(map: Record<string, string>): [string, string][] {
   return Object.entries(map).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-}
-
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
 function isFile(path: string): boolean {
