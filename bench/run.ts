@@ -9,7 +9,7 @@ import { startDouble } from "../tests/support/lmstudio_double.ts";
 import { bridgeEnv, startBridge } from "../tests/support/bridge.ts";
 
 const quick = Deno.args.includes("--quick");
-const N = quick ? 100 : 500;
+const N = quick ? 200 : 2000;
 
 function percentile(xs: number[], q: number): number {
   const s = [...xs].sort((a, b) => a - b);
