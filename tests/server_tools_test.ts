@@ -205,8 +205,12 @@ Deno.test("every model tool answers through MCP against LM Studio", async (t) =>
     });
 
     await t.step("create_response continues a conversation with its id", async () => {
-      const first = await bridge.call("create_response", { input: "my name is Ada" });
+      const progress: string[] = [];
+      const first = await bridge.call("create_response", { input: "my name is Ada" }, {
+        onprogress: (p) => progress.push(p.message ?? ""),
+      });
       const s1 = first.structuredContent as Structured;
+      assert.equal(progress.join(""), s1.text, "the answer streamed as progress");
       assert.match(s1.response_id, /\S/);
       const second = await bridge.call("create_response", {
         input: "what is my name?",
