@@ -27,6 +27,8 @@ export interface App {
   readonly log: Logger;
   readonly clients: readonly BackendClient[];
   readonly catalog: ModelCatalog;
+  /** Cooldowns of failing backends (shared by catalogue and router). */
+  readonly health: BackendHealth;
   readonly router: ModelRouter;
   readonly stats: BridgeStats;
   readonly conversations: TtlMap<string, Conversation>;
@@ -78,6 +80,7 @@ export function createApp(config: Config, log: Logger, options: CreateAppOptions
     log,
     clients,
     catalog,
+    health,
     router,
     stats: new BridgeStats(),
     // At most 2000 × 48k characters of history (trimHistory), for 6 hours.

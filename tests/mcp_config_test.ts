@@ -97,7 +97,7 @@ Deno.test("${VAR} and ${VAR:-default} expand in command, args, env, url and head
   // What may be shown is the entry as written; the expanded values are known as secrets.
   assert.equal(stdio.shown, "${BIN}/server --root ${ROOT:-/srv/data} ${EMPTY:-unused} ${MISSING}");
   assert.ok(stdio.secrets.includes("s3cret"));
-  assert.ok(stdio.secrets.includes("/opt/bin/server"));
+  assert.ok(stdio.secrets.includes("/opt/bin"), "each expanded value is known");
   assert.equal(http.shown, "https://${HOST}:${PORT:-8443}/mcp");
   assert.ok(http.secrets.includes("Bearer s3cret"));
 });
@@ -105,6 +105,10 @@ Deno.test("${VAR} and ${VAR:-default} expand in command, args, env, url and head
 Deno.test("a URL shown in messages has no credentials or query", () => {
   assert.equal(withoutSecrets("https://u:p@h.example/mcp?key=abc"), "https://h.example/mcp");
   assert.equal(withoutSecrets("not a url?token=x"), "not a url");
+  assert.equal(
+    withoutSecrets("https://actions.example.com/mcp/sk-ak-0123456789abcdef/sse"),
+    "https://actions.example.com/mcp/…/sse",
+  );
 });
 
 Deno.test("expandVars: a set but empty variable stays empty; an unset one without default is empty", () => {

@@ -68,5 +68,15 @@ Deno.test("a kept history stays within its bound, keeping the newest text", () =
   const chars = kept.reduce((n, m) => n + String(m.content).length, 0);
   assert.ok(chars <= 48_010, `${chars} characters kept`);
   assert.ok(String(kept.at(-1)!.content).endsWith("END"));
-  assert.ok(!kept.some((m) => m.content === "old"), "the oldest goes first");
+  assert.equal(kept[0].role, "user", "the history starts with the user");
+});
+
+Deno.test("a long answer is shortened so the question before it is kept", () => {
+  const kept = trimHistory([
+    { role: "user", content: "question" },
+    { role: "assistant", content: "y".repeat(60_000) },
+  ]);
+  assert.deepEqual(kept.map((m) => m.role), ["user", "assistant"]);
+  assert.equal(kept[0].content, "question");
+  assert.ok(String(kept[1].content).length <= 48_010);
 });

@@ -29,6 +29,11 @@ Deno.test("secrets appear in no log, error or tool result", async () => {
           args: ["run", "-A", "--no-config", "--no-lock", FAULTY, "exit", "--key=${ARG_SECRET}"],
           env: { API_TOKEN: serverSecret },
         },
+        // Prints the value of its --key argument on stderr, as a confused server might.
+        echoer: {
+          command: "/bin/sh",
+          args: ["-c", 'echo "invalid option $1" >&2; exit 3', "sh", "--key=${ARG_SECRET}"],
+        },
         remote: {
           type: "http",
           url: "http://127.0.0.1:9/mcp?key=${URL_SECRET}",
@@ -55,7 +60,7 @@ Deno.test("secrets appear in no log, error or tool result", async () => {
         ["list_available_mcps", {}],
         ["chat_completion", { prompt: "hi" }],
         ["chat_completion", { prompt: "x", model: "nope-model" }],
-        ["autonomous_with_mcp", { task: "use them", mcp_names: ["broken", "remote"] }],
+        ["autonomous_with_mcp", { task: "use them", mcp_names: ["broken", "remote", "echoer"] }],
         ["autonomous_with_mcp", { task: "use one", mcp_names: ["broken"] }],
       ] as const
     ) {
@@ -84,5 +89,6 @@ Deno.test("secrets appear in no log, error or tool result", async () => {
   }
   // The failures were reported (so the texts above were really produced), as written.
   assert.match(everything, /MCP server "broken" exited during start-up/);
+  assert.match(everything, /invalid option --key=\[redacted\]/, "the echoed secret is blotted out");
   assert.match(everything, /MCP server "remote" at http:\/\/127\.0\.0\.1:9\/mcp:/);
 });

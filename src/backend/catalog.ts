@@ -47,7 +47,10 @@ export class ModelCatalog {
   readonly #cache: TtlMap<string, ModelInfo[]>;
   /** The last good listing of each backend (one entry per configured backend), served while
    * a fresh one is fetched, or when fetching fails without the backend being down. */
-  readonly #lastGood = new Map<string, ModelInfo[]>();
+  readonly #lastGood = new Map<string, { models: ModelInfo[]; at: number }>();
+  /** Bumped by invalidate: a fetch started before it must not store its (older) answer. */
+  readonly #generation = new Map<string, number>();
+  readonly #staleMs: number;
   /** One fetch at a time per backend, shared by every caller (misses and refreshes). */
   readonly #inflight = new Map<string, Promise<ModelInfo[]>>();
   readonly #fetchedAt = new Map<string, number>();
@@ -64,6 +67,8 @@ export class ModelCatalog {
       now: this.#now,
     });
     this.#defaultModel = options.defaultModel;
+    // A last good listing is served for at most this long after it was fetched.
+    this.#staleMs = Math.max(2 * options.ttlMs, 60_000);
   }
 
   /** The configured or set default model name (not resolved). */
@@ -86,6 +91,8 @@ export class ModelCatalog {
     for (const url of backend ? [backend] : this.#clients.map((c) => c.url)) {
       this.#cache.delete(url);
       this.#lastGood.delete(url);
+      this.#inflight.delete(url);
+      this.#generation.set(url, (this.#generation.get(url) ?? 0) + 1);
     }
   }
 
@@ -107,7 +114,8 @@ export class ModelCatalog {
     const recent = this.#now() - (this.#fetchedAt.get(url) ?? -Infinity) < REFRESH_MIN_MS;
     const fresh = this.#cache.get(url);
     if (fresh && (!options.refresh || recent)) return { url, models: fresh };
-    const last = this.#lastGood.get(url);
+    const good = this.#lastGood.get(url);
+    const last = good && this.#now() - good.at < this.#staleMs ? good.models : undefined;
     // A server that hung is not waited on again while it cools down; one that refused the
     // connection is asked again (that costs a millisecond, and it may be back).
     const hung = this.#health.lastError(url);
@@ -136,10 +144,13 @@ export class ModelCatalog {
     const url = client.url;
     let fetching = this.#inflight.get(url);
     if (fetching) return fetching;
+    const generation = this.#generation.get(url) ?? 0;
     // Not tied to any caller's signal: it is shared, and bounded by the client's timeouts.
     fetching = client.listModels().then((models) => {
+      // Started before a load or unload: its answer is already out of date; not stored.
+      if ((this.#generation.get(url) ?? 0) !== generation) return models;
       this.#cache.set(url, models);
-      this.#lastGood.set(url, models);
+      this.#lastGood.set(url, { models, at: this.#now() });
       this.#health.markUp(url);
       return models;
     }, (err) => {
@@ -152,7 +163,7 @@ export class ModelCatalog {
       throw error;
     }).finally(() => {
       this.#fetchedAt.set(url, this.#now());
-      this.#inflight.delete(url);
+      if (this.#inflight.get(url) === fetching) this.#inflight.delete(url);
     });
     this.#inflight.set(url, fetching);
     return fetching;

@@ -326,7 +326,7 @@ export class BackendClient {
         }
       }
       const toolCalls = acc.finish();
-      if (!complete && !acc.finishReason && acc.delivered) {
+      if (!complete && !acc.finishReason && (acc.delivered || toolCalls.length > 0)) {
         // The connection closed cleanly, but the answer never said it was done.
         throw new BridgeError("upstream_error", "the stream ended before the answer was complete", {
           ...ctx,

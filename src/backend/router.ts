@@ -60,7 +60,7 @@ export class ModelRouter {
   readonly #rates = new Map<string, RateLimiter>();
   readonly #health: BackendHealth;
   readonly #parallel = new Map<string, number>();
-  readonly #loads = new Map<string, Promise<{ instanceId: string; loadTimeS?: number }>>();
+  readonly #loads = new Map<string, SharedLoad>();
   readonly #recentlyLoaded: TtlMap<string, true>;
   readonly #now: () => number;
   readonly #log: Logger;
@@ -191,8 +191,11 @@ export class ModelRouter {
         this.#health.markUp(entry.backend);
         return { value, backend: entry.backend, attempts };
       } catch (err) {
+        // A cancel or deadline keeps its code, and the text already generated.
         const error = options.signal.aborted
-          ? abortToError(options.signal.reason)
+          ? abortToError(options.signal.reason).with({
+            partialText: toBridgeError(err).context.partialText,
+          })
           : toBridgeError(err);
         if (error.code === "backend_unreachable") {
           this.#health.markDown(entry.backend, error);
@@ -281,23 +284,31 @@ export class ModelRouter {
     entry: ModelInfo,
     options: RunOptions & { contextLength?: number; ttlS?: number },
   ): Promise<{ instanceId: string; loadTimeS?: number }> {
-    const key = `${modelKey(entry.backend, entry.id)}|${options.contextLength ?? ""}`;
+    // One load per model, whoever asks (a request's automatic load or load_model).
+    const key = modelKey(entry.backend, entry.id);
     let load = this.#loads.get(key);
     if (!load) {
       this.stats.loads++;
       this.#log.info("loading model", { backend: entry.backend, model: entry.id });
-      // The load is shared: one caller's cancel must not abort it for the others.
-      load = client.loadModel(entry.id, {
-        contextLength: options.contextLength,
-        ttlS: options.ttlS,
-        signal: AbortSignal.timeout(15 * 60_000),
-      }).then((loaded) => {
-        this.#recentlyLoaded.set(modelKey(entry.backend, entry.id), true);
-        this.#catalog.invalidate(entry.backend);
-        return loaded;
-      }).finally(() => this.#loads.delete(key));
-      this.#loads.set(key, load);
+      const controller = new AbortController();
+      const shared: SharedLoad = {
+        waiters: 0,
+        controller,
+        promise: client.loadModel(entry.id, {
+          contextLength: options.contextLength,
+          ttlS: options.ttlS,
+          signal: AbortSignal.any([controller.signal, AbortSignal.timeout(15 * 60_000)]),
+        }).then((loaded) => {
+          this.#recentlyLoaded.set(key, true);
+          this.#catalog.invalidate(entry.backend);
+          return loaded;
+        }).finally(() => this.#loads.delete(key)),
+      };
+      shared.promise.catch(() => {});
+      this.#loads.set(key, shared);
+      load = shared;
     }
+    load.waiters++;
     const started = this.#now();
     options.onStatus?.(`loading model ${entry.id} on ${entry.backend}`);
     const tick = setInterval(() => {
@@ -306,13 +317,24 @@ export class ModelRouter {
       );
     }, 1000);
     try {
-      const loaded = await abortable(load, options.signal);
+      const loaded = await abortable(load.promise, options.signal);
       options.onStatus?.(`model ${entry.id} loaded`);
       return loaded;
     } finally {
       clearInterval(tick);
+      // The load is shared: it stops only when every request waiting for it has gone.
+      if (--load.waiters === 0 && options.signal.aborted) {
+        load.controller.abort(options.signal.reason);
+      }
     }
   }
+}
+
+/** A model load that several requests wait on. */
+interface SharedLoad {
+  promise: Promise<{ instanceId: string; loadTimeS?: number }>;
+  controller: AbortController;
+  waiters: number;
 }
 
 /** SPEC §4: retry connection failures, 429, 502, 503, 504; never once output went out. */

@@ -99,12 +99,20 @@ export function findMcpConfigPath(
  * @example
  * expandVars("Bearer ${TOKEN:-none}", {}); // "Bearer none"
  */
-export function expandVars(text: string, env: Record<string, string | undefined>): string {
+export function expandVars(
+  text: string,
+  env: Record<string, string | undefined>,
+  onValue?: (value: string) => void,
+): string {
   return text.replace(/\$\{([^}]+)\}/g, (_match, inner: string) => {
     const sep = inner.indexOf(":-");
     const name = sep === -1 ? inner : inner.slice(0, sep);
     const value = env[name];
-    if (value !== undefined) return value;
+    if (value !== undefined) {
+      // Whatever came from the environment may be a secret: the caller gets to know it.
+      onValue?.(value);
+      return value;
+    }
     return sep === -1 ? "" : inner.slice(sep + 2);
   });
 }
@@ -148,7 +156,8 @@ export function parseMcpConfig(
     if (name.trim() === "") fail("a server has an empty name");
     if (!isRecord(raw)) fail(`${where} must be an object`);
     const spec = raw as Record<string, unknown>;
-    const expand = (s: string) => expandVars(s, options.env);
+    const expanded = new Set<string>();
+    const expand = (s: string) => expandVars(s, options.env, (v) => expanded.add(v));
 
     const disabled = spec.disabled ?? false;
     if (typeof disabled !== "boolean") fail(`${where}: "disabled" must be true or false`);
@@ -207,13 +216,8 @@ export function parseMcpConfig(
         ? [spec.command as string, ...stringArray(spec.args, "", fail)]
           .map((a) => /\s/.test(a) ? `"${a}"` : a).join(" ")
         : withoutSecrets(spec.url as string),
-      secrets: [
-        ...Object.values(env),
-        ...Object.values(headers),
-        ...[spec.command, spec.url, ...stringArray(spec.args, "", fail)]
-          .filter((raw): raw is string => typeof raw === "string" && raw.includes("${"))
-          .map(expand),
-      ].filter((v) => v.length >= 4),
+      secrets: [...new Set([...Object.values(env), ...Object.values(headers), ...expanded])]
+        .filter((v) => v.length >= 4),
     });
   }
   return entries;
@@ -302,16 +306,20 @@ function stringMap(
   return out;
 }
 
-/** A URL as written, without user:password and query string (where tokens tend to live). */
+/** A URL as written, without user:password, query string, and path segments that look like
+ * keys (long runs of letters and digits): where tokens tend to live. */
 export function withoutSecrets(url: string): string {
+  const keyLike = (segment: string) =>
+    !segment.includes("${") && segment.length >= 16 && /\d/.test(segment) &&
+      /[a-z]/i.test(segment)
+      ? "…"
+      : segment;
+  const clean = (path: string) => path.split("/").map(keyLike).join("/");
   try {
     const u = new URL(url);
-    u.username = "";
-    u.password = "";
-    u.search = "";
-    return u.href;
+    return `${u.protocol}//${u.host}${clean(u.pathname)}`;
   } catch {
-    return url.replace(/\/\/[^@/]*@/, "//").replace(/\?.*$/, "");
+    return clean(url.replace(/\/\/[^@/]*@/, "//").replace(/\?.*$/, ""));
   }
 }
 

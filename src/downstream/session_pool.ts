@@ -491,7 +491,10 @@ export class SessionPool {
     const { entry } = state;
     const transport = this.#transport(entry, (text) => {
       session.stderrTail = (session.stderrTail + text).slice(-STDERR_TAIL_CHARS);
-      this.#log("debug", "MCP server stderr", { server: entry.name, text: text.trimEnd() });
+      this.#log("debug", "MCP server stderr", {
+        server: entry.name,
+        text: scrub(text.trimEnd(), entry),
+      });
     }, (pid) => session.pid = pid);
     const client = new Client(this.#options.clientInfo ?? { name: "lmbridge", version: "0.1.0" }, {
       capabilities: {},
@@ -588,7 +591,9 @@ export class SessionPool {
         abort.abort(
           new BridgeError(
             "mcp_server_unavailable",
-            `MCP server "${entry.name}" wrote something that is not JSON-RPC to stdout (${err.message})`,
+            `MCP server "${entry.name}" wrote something that is not JSON-RPC to stdout (${
+              scrub(err.message, entry)
+            })`,
             { hint: "a stdio MCP server must write only JSON-RPC to stdout; logs go to stderr" },
           ),
         );
@@ -612,7 +617,10 @@ export class SessionPool {
       signal.removeEventListener("abort", onAbort);
       abort.signal.removeEventListener("abort", forward);
       session.client.onerror = (err: Error) => {
-        this.#log("debug", "MCP transport error", { server: entry.name, error: err.message });
+        this.#log("debug", "MCP transport error", {
+          server: entry.name,
+          error: scrub(err.message, entry),
+        });
       };
     }
   }
@@ -755,7 +763,7 @@ export class SessionPool {
       const message = err instanceof Error ? err.message : String(err);
       return new BridgeError(
         "mcp_tool_failed",
-        `${what} on MCP server "${name}" failed: ${message}`,
+        `${what} on MCP server "${name}" failed: ${scrub(message, session.entry)}`,
         {
           cause: err,
         },
@@ -764,7 +772,7 @@ export class SessionPool {
     const message = session.exited
       ? `MCP server "${name}" exited during ${what}${stderrSuffix(session)}`
       : `MCP server "${name}" failed during ${what}: ${
-        err instanceof Error ? err.message : String(err)
+        scrub(err instanceof Error ? err.message : String(err), session.entry)
       }`;
     const error = new BridgeError("mcp_server_unavailable", message, {
       hint: "it will be restarted on a later call",

@@ -534,12 +534,21 @@ export function trimHistory(messages: ChatMessage[]): ChatMessage[] {
     if (room <= 0) break;
     if (text.length > room) {
       if (typeof message.content === "string") {
-        kept.unshift({ ...message, content: `[…] ${text.slice(text.length - room)}` });
+        // Shorten it, leaving room for the user message that asked, if that one is short.
+        const asked = messages[i - 1];
+        const askedLen = asked?.role === "user" && typeof asked.content === "string"
+          ? asked.content.length
+          : Infinity;
+        const keep = askedLen < room / 2 ? room - askedLen : room;
+        kept.unshift({ ...message, content: `[…] ${text.slice(text.length - keep)}` });
+        if (keep < room) kept.unshift(asked);
       }
       break;
     }
     total += text.length;
     kept.unshift(message);
   }
+  // Chat templates want the history to start with the user (some reject anything else).
+  while (kept.length && kept[0].role !== "user") kept.shift();
   return kept;
 }

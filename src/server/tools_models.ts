@@ -70,9 +70,11 @@ export function modelTools(app: App, extras: HealthExtras = {}): ToolDefinition[
       mcp_servers: z.number(),
     }),
     handler: async (_args, ctx) => {
-      const cooldowns = app.router.cooldowns();
       const backends = await Promise.all(app.clients.map(async (client) => {
         const probe = await client.probe(ctx.signal);
+        // What the probe found decides the cooldown: usable again at once, or cooling down.
+        if (probe.reachable) app.health.markUp(client.url);
+        else if (probe.error) app.health.markDown(client.url, probe.error);
         let loaded: string[] = [];
         if (probe.reachable) {
           try {
@@ -87,7 +89,7 @@ export function modelTools(app: App, extras: HealthExtras = {}): ToolDefinition[
           reachable: probe.reachable,
           latency_ms: probe.latencyMs,
           loaded_models: loaded,
-          cooldown_s: cooldowns[client.url] ?? 0,
+          cooldown_s: app.router.cooldowns()[client.url] ?? 0,
           ...(probe.error ? { error: probe.error.format() } : {}),
         };
       }));
