@@ -387,3 +387,23 @@ Deno.test("a hung backend is waited on once, then cools down while the others se
     await accepting;
   }
 });
+
+Deno.test("cancelling the only request waiting for a model load stops the load", async () => {
+  const double = await startDouble({
+    loadDelayMs: 5_000,
+    models: [{ id: "qwen/qwen3-4b" }, { id: "org/cold", loaded: false }],
+  });
+  const bridge = await startBridge(bridgeEnv(double.url));
+  try {
+    const controller = new AbortController();
+    const call = bridge.call("load_model", { model: "org/cold" }, { signal: controller.signal })
+      .catch(() => undefined);
+    const [load] = await double.waitForRequests(1, { path: "/api/v1/models/load" });
+    controller.abort();
+    await call;
+    await double.waitForAbort(load.id, 3_000);
+  } finally {
+    await bridge.close();
+    await double.close();
+  }
+});
