@@ -8,6 +8,7 @@ import type { ProgressSink } from "../server/progress.ts";
 import type { ToolContext } from "../server/registry.ts";
 import type { AgentToolHost } from "../agent/loop.ts";
 import { runAgentTool } from "../server/tools_agent.ts";
+import { linkSignals } from "../util/async.ts";
 import { toBridgeError } from "../util/errors.ts";
 import type { Terminal } from "./terminal.ts";
 
@@ -25,8 +26,9 @@ export interface AgentCommandOptions {
 export async function runAgentCommand(options: AgentCommandOptions): Promise<number> {
   const { app, term } = options;
   const deadlineMs = app.config.requestTimeoutS * 1000;
-  const timeout = AbortSignal.timeout(deadlineMs);
-  const signal = options.signal ? AbortSignal.any([options.signal, timeout]) : timeout;
+  // Ctrl-C or the request deadline; the deadline's timer ends with the command.
+  using linked = linkSignals([options.signal], { timeoutMs: deadlineMs });
+  const signal = linked.signal;
   const dim = term.errStyle.dim;
   let answering = false;
   let lastChar = "\n";

@@ -6,6 +6,7 @@
  */
 import type { App } from "../app.ts";
 import type { ChatMessage } from "../backend/types.ts";
+import { linkSignals } from "../util/async.ts";
 import { toBridgeError } from "../util/errors.ts";
 import type { Terminal } from "./terminal.ts";
 
@@ -23,8 +24,9 @@ export interface ChatOptions {
 export async function runChat(options: ChatOptions): Promise<number> {
   const { app, term } = options;
   const deadlineMs = app.config.requestTimeoutS * 1000;
-  const timeout = AbortSignal.timeout(deadlineMs);
-  const signal = options.signal ? AbortSignal.any([options.signal, timeout]) : timeout;
+  // Ctrl-C or the request deadline; the deadline's timer ends with the command.
+  using linked = linkSignals([options.signal], { timeoutMs: deadlineMs });
+  const signal = linked.signal;
   const showReasoning = term.stdoutIsTerminal;
   const dim = term.outStyle.dim;
   let phase = "waiting" as "waiting" | "reasoning" | "answer";

@@ -3,6 +3,7 @@
  * checked, files must lie inside the allowed roots (after resolving symlinks), remote URLs
  * only when enabled. Over 10 MB or not png / jpeg / gif / webp → `invalid_request`.
  */
+import { concatBytes } from "../util/bytes.ts";
 import { BridgeError } from "../util/errors.ts";
 
 export const MAX_IMAGE_BYTES = 10 * 1024 * 1024;
@@ -100,13 +101,7 @@ async function readAtMost(res: Response, limit: number): Promise<Uint8Array | un
     }
     parts.push(part);
   }
-  const out = new Uint8Array(size);
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
+  return concatBytes(parts);
 }
 
 function toBase64(bytes: Uint8Array): string {

@@ -7,6 +7,7 @@
  */
 import type { Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
 import { type JSONRPCMessage, JSONRPCMessageSchema } from "@modelcontextprotocol/sdk/types.js";
+import { concatBytes } from "../util/bytes.ts";
 
 /** Default largest JSON-RPC message read: 32 MiB (images come inline as base64); LMBRIDGE_MAX_MESSAGE_BYTES changes it. */
 export const MAX_MESSAGE_BYTES = 32 * 1024 * 1024;
@@ -69,14 +70,14 @@ export class LineTransport implements Transport {
             }
           }
           if (nl < 0) break;
-          if (!skipping) this.#handleLine(decoder.decode(concat(parts, size)));
+          if (!skipping) this.#handleLine(decoder.decode(concatBytes(parts)));
           parts = [];
           size = 0;
           skipping = false;
           chunk = chunk.subarray(nl + 1);
         }
       }
-      if (size && !skipping) this.#handleLine(decoder.decode(concat(parts, size)));
+      if (size && !skipping) this.#handleLine(decoder.decode(concatBytes(parts)));
     } finally {
       await this.close();
     }
@@ -131,8 +132,7 @@ export class LineTransport implements Transport {
     if (!this.#pending.length) return;
     const parts = this.#pending;
     this.#pending = [];
-    const size = parts.reduce((n, p) => n + p.length, 0);
-    await this.#writer.write(concat(parts, size));
+    await this.#writer.write(concatBytes(parts));
   }
 
   async close(): Promise<void> {
@@ -142,15 +142,4 @@ export class LineTransport implements Transport {
     await this.#writeChain;
     this.onclose?.();
   }
-}
-
-function concat(parts: Uint8Array[], size: number): Uint8Array {
-  if (parts.length === 1) return parts[0];
-  const out = new Uint8Array(size);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }

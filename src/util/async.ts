@@ -52,7 +52,7 @@ export function abortable<T>(promise: Promise<T>, signal?: AbortSignal): Promise
 }
 
 /** A signal that follows several others, and a timer, until disposed. */
-export interface LinkedSignal {
+export interface LinkedSignal extends Disposable {
   readonly signal: AbortSignal;
   /** Detaches from the sources and clears the timer; call when the work is done. */
   dispose(): void;
@@ -84,7 +84,7 @@ export function linkSignals(
     if (!source) continue;
     if (source.aborted) {
       controller.abort(source.reason);
-      return { signal: controller.signal, dispose };
+      return { signal: controller.signal, dispose, [Symbol.dispose]: dispose };
     }
     const listener = () => {
       controller.abort(source.reason);
@@ -99,5 +99,5 @@ export function linkSignals(
       dispose();
     }, timerMs(options.timeoutMs));
   }
-  return { signal: controller.signal, dispose };
+  return { signal: controller.signal, dispose, [Symbol.dispose]: dispose };
 }
