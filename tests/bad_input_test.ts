@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { startDouble } from "./support/lmstudio_double.ts";
 import { bridgeEnv, MAIN, ROOT, startBridge, textOf } from "./support/bridge.ts";
+import { INITIALIZE, INITIALIZED } from "./support/helpers.ts";
 
 /** A raw lmbridge process: write lines, read JSON-RPC answers by id. */
 function rawBridge(env: Record<string, string>) {
@@ -57,16 +58,7 @@ function rawBridge(env: Record<string, string>) {
   };
 }
 
-const init = JSON.stringify({
-  jsonrpc: "2.0",
-  id: 1,
-  method: "initialize",
-  params: {
-    protocolVersion: "2025-06-18",
-    capabilities: {},
-    clientInfo: { name: "raw", version: "1" },
-  },
-}) + "\n" + JSON.stringify({ jsonrpc: "2.0", method: "notifications/initialized" }) + "\n";
+const init = JSON.stringify(INITIALIZE) + "\n" + JSON.stringify(INITIALIZED) + "\n";
 
 Deno.test("malformed JSON-RPC on stdin gets errors and the server keeps serving", async () => {
   const double = await startDouble();

@@ -13,6 +13,7 @@ import { loadConfig } from "../src/config.ts";
 import { createRuntime } from "../src/runtime.ts";
 import { startHttpServer } from "../src/server/http.ts";
 import { silentLogger } from "../src/util/log.ts";
+import { INITIALIZE } from "./support/helpers.ts";
 
 interface HttpBridge {
   /** `http://127.0.0.1:PORT` (no path). */
@@ -97,16 +98,7 @@ async function statusWithHost(port: number, path: string, host: string): Promise
   return Number(text.split(" ")[1]);
 }
 
-const INIT = {
-  jsonrpc: "2.0",
-  id: 1,
-  method: "initialize",
-  params: {
-    protocolVersion: "2025-06-18",
-    capabilities: {},
-    clientInfo: { name: "raw", version: "1" },
-  },
-};
+const INIT = INITIALIZE;
 const MCP_HEADERS = {
   "content-type": "application/json",
   accept: "application/json, text/event-stream",

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { startDouble } from "./support/lmstudio_double.ts";
 import { bridgeEnv, startBridge, textOf } from "./support/bridge.ts";
-import { deadUrl } from "./support/helpers.ts";
+import { deadUrl, INITIALIZE, INITIALIZED } from "./support/helpers.ts";
 
 /** Asserts an isError result whose text starts `Error [code]:`. */
 function assertError(result: { isError?: boolean; content: unknown[] }, code: string) {
@@ -251,17 +251,8 @@ Deno.test("stdout carries nothing but JSON-RPC", async () => {
     stderr: "piped",
   }).spawn();
   const lines = [
-    {
-      jsonrpc: "2.0",
-      id: 1,
-      method: "initialize",
-      params: {
-        protocolVersion: "2025-06-18",
-        capabilities: {},
-        clientInfo: { name: "raw", version: "1" },
-      },
-    },
-    { jsonrpc: "2.0", method: "notifications/initialized" },
+    INITIALIZE,
+    INITIALIZED,
     { jsonrpc: "2.0", id: 2, method: "tools/list" },
     {
       jsonrpc: "2.0",

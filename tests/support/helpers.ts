@@ -46,3 +46,18 @@ export async function rejection(promise: Promise<unknown>): Promise<BridgeError>
   }
   assert.fail("expected a rejection");
 }
+
+/** The JSON-RPC initialize request a raw client sends first (id 1). */
+export const INITIALIZE = {
+  jsonrpc: "2.0",
+  id: 1,
+  method: "initialize",
+  params: {
+    protocolVersion: "2025-06-18",
+    capabilities: {},
+    clientInfo: { name: "raw", version: "1" },
+  },
+};
+
+/** The notification that follows the initialize answer. */
+export const INITIALIZED = { jsonrpc: "2.0", method: "notifications/initialized" };
