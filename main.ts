@@ -96,7 +96,7 @@ async function runCommand(
 ): Promise<number> {
   const { app } = runtime;
   const term = new Terminal();
-  using interrupt = onInterrupt();
+  using interrupt = onInterrupt({ beforeExit: () => runtime.close() });
   try {
     switch (command) {
       case "doctor":

@@ -186,12 +186,21 @@ export function formatTable(header: string[], rows: string[][]): string {
  * using interrupt = onInterrupt();
  * await runChat({ …, signal: interrupt.signal });
  */
-export function onInterrupt(): { signal: AbortSignal; dispose(): void; [Symbol.dispose](): void } {
+export function onInterrupt(
+  options: { beforeExit?: () => Promise<void> } = {},
+): { signal: AbortSignal; dispose(): void; [Symbol.dispose](): void } {
   const controller = new AbortController();
   const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
   const stop = () => {
-    // A second Ctrl-C does not wait for the clean-up.
-    if (controller.signal.aborted) Deno.exit(1);
+    // A second Ctrl-C does not wait for the request to wind down, only for `beforeExit`
+    // (stopping child processes), at most 3 s.
+    if (controller.signal.aborted) {
+      const exit = () => Deno.exit(1);
+      if (!options.beforeExit) exit();
+      Promise.race([options.beforeExit?.(), new Promise((r) => setTimeout(r, 3_000))])
+        .finally(exit);
+      return;
+    }
     controller.abort(new DOMException("interrupted", "AbortError"));
   };
   for (const s of signals) Deno.addSignalListener(s, stop);

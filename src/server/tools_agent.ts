@@ -16,6 +16,10 @@ import { BridgeError } from "../util/errors.ts";
 import { defineTool, type ToolContext, type ToolDefinition, type ToolOutput } from "./registry.ts";
 import type { StartJob } from "./tools_generate.ts";
 
+/** The context length assumed for a model that will be loaded just in time (LM Studio's
+ * usual default). */
+const JIT_CONTEXT_GUESS = 4096;
+
 const usageShape = z.object({ prompt_tokens: z.number(), completion_tokens: z.number() });
 const toolCallShape = z.object({
   server: z.string(),
@@ -155,7 +159,11 @@ export async function runAgentTool(
     maxRounds: args.max_rounds,
     maxTokens: args.max_tokens,
     model: binding.model,
-    contextLength: binding.entries[0]?.contextLength,
+    // A model not loaded yet will get the context its (JIT) load chooses, often far below its
+    // maximum: budget for a modest one rather than overflow.
+    contextLength: binding.entries[0]?.loaded
+      ? binding.entries[0].contextLength
+      : Math.min(binding.entries[0]?.contextLength ?? JIT_CONTEXT_GUESS, JIT_CONTEXT_GUESS),
     toolResultMaxChars: app.config.toolResultMaxChars,
     host,
     signal: ctx.signal,
