@@ -5,20 +5,12 @@
  */
 import assert from "node:assert/strict";
 import { startDouble } from "./support/lmstudio_double.ts";
-import { bridgeEnv, MAIN, ROOT, startBridge, textOf } from "./support/bridge.ts";
+import { bridgeEnv, lmbridgeCommand, startBridge, textOf } from "./support/bridge.ts";
 import { INITIALIZE, INITIALIZED } from "./support/helpers.ts";
 
 /** A raw lmbridge process: write lines, read JSON-RPC answers by id. */
 function rawBridge(env: Record<string, string>) {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN],
-    env,
-    clearEnv: true,
-    cwd: ROOT,
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "null",
-  }).spawn();
+  const child = lmbridgeCommand([], env, { stdin: "piped", stderr: "null" }).spawn();
   const writer = child.stdin.getWriter();
   const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
   const messages: Record<string, unknown>[] = [];

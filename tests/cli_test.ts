@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { startDouble } from "./support/lmstudio_double.ts";
-import { bridgeEnv, MAIN, ROOT } from "./support/bridge.ts";
+import { bridgeEnv, lmbridgeCommand, MAIN } from "./support/bridge.ts";
 import { deadUrl, DENO_RUN, MCP_SERVERS } from "./support/helpers.ts";
 import { formatTable, type OutputStream, Terminal } from "../src/cli/terminal.ts";
 
@@ -19,15 +19,7 @@ interface Run {
 
 /** Runs lmbridge with `args` in a clean environment. */
 async function lmbridge(args: string[], env: Record<string, string>): Promise<Run> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN, ...args],
-    env,
-    clearEnv: true,
-    cwd: ROOT,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
+  const out = await lmbridgeCommand([...args], env).output();
   const decoder = new TextDecoder();
   return {
     code: out.code,
@@ -190,15 +182,7 @@ Deno.test("chat streams the answer to stdout as it arrives", async () => {
   const answer = "one two three four five six seven eight nine ten";
   double.enqueueReply({ content: answer, reasoning: "secret thoughts" });
   try {
-    const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", MAIN, "chat", "count", "to", "ten"],
-      env: bridgeEnv(double.url),
-      clearEnv: true,
-      cwd: ROOT,
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
+    const child = lmbridgeCommand(["chat", "count", "to", "ten"], bridgeEnv(double.url)).spawn();
     const stderr = new Response(child.stderr).text();
     let stdout = "";
     let firstAt: number | undefined;
@@ -224,14 +208,8 @@ Deno.test("chat streams the answer to stdout as it arrives", async () => {
 Deno.test("chat --model picks the model and reads the prompt from stdin with -", async () => {
   const double = await startDouble();
   try {
-    const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", MAIN, "chat", "-", "--model", "gemma-3-4b"],
-      env: bridgeEnv(double.url),
-      clearEnv: true,
-      cwd: ROOT,
+    const child = lmbridgeCommand(["chat", "-", "--model", "gemma-3-4b"], bridgeEnv(double.url), {
       stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
     }).spawn();
     const writer = child.stdin.getWriter();
     await writer.write(new TextEncoder().encode("from stdin"));

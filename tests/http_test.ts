@@ -8,7 +8,7 @@ import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import type { CallToolResult } from "@modelcontextprotocol/sdk/types.js";
 import { startDouble } from "./support/lmstudio_double.ts";
-import { bridgeEnv, MAIN, ROOT, textOf } from "./support/bridge.ts";
+import { bridgeEnv, lmbridgeCommand, ROOT, textOf } from "./support/bridge.ts";
 import { loadConfig } from "../src/config.ts";
 import { createRuntime } from "../src/runtime.ts";
 import { startHttpServer } from "../src/server/http.ts";
@@ -30,15 +30,7 @@ async function startHttpBridge(
   env: Record<string, string>,
   listen = "127.0.0.1:0",
 ): Promise<HttpBridge> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN, "serve", "--http", listen],
-    env,
-    clearEnv: true,
-    cwd: ROOT,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
+  const child = lmbridgeCommand(["serve", "--http", listen], env).spawn();
   let stderr = "";
   const listening = Promise.withResolvers<number>();
   const drained = (async () => {
@@ -154,15 +146,10 @@ Deno.test("a foreign Origin or Host is refused with 403 (DNS rebinding)", async 
 });
 
 Deno.test("a non-loopback bind without LMBRIDGE_HTTP_TOKEN refuses to start: exit 2 naming it", async () => {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN, "serve", "--http", "0.0.0.0:0"],
-    env: bridgeEnv("http://127.0.0.1:9"),
-    clearEnv: true,
-    cwd: ROOT,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
+  const out = await lmbridgeCommand(
+    ["serve", "--http", "0.0.0.0:0"],
+    bridgeEnv("http://127.0.0.1:9"),
+  ).output();
   assert.equal(out.code, 2);
   assert.match(new TextDecoder().decode(out.stderr), /LMBRIDGE_HTTP_TOKEN/);
   assert.equal(out.stdout.length, 0);

@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { startDouble } from "./support/lmstudio_double.ts";
-import { bridgeEnv, startBridge, textOf } from "./support/bridge.ts";
+import { bridgeEnv, lmbridgeCommand, startBridge, textOf } from "./support/bridge.ts";
 import { deadUrl, INITIALIZE, INITIALIZED } from "./support/helpers.ts";
 
 /** Asserts an isError result whose text starts `Error [code]:`. */
@@ -242,14 +242,7 @@ Deno.test("beyond the cap and the queue a request is overloaded", async () => {
 Deno.test("stdout carries nothing but JSON-RPC", async () => {
   const double = await startDouble();
   const env = bridgeEnv(double.url, { LOG_LEVEL: "debug" });
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", new URL("../main.ts", import.meta.url).pathname],
-    env,
-    clearEnv: true,
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
+  const child = lmbridgeCommand([], env, { stdin: "piped" }).spawn();
   const lines = [
     INITIALIZE,
     INITIALIZED,

@@ -14,6 +14,26 @@ export const START_PERMISSIONS: string[] = (JSON.parse(
   Deno.readTextFileSync(`${ROOT}/deno.json`),
 ).tasks.start as string).split(/\s+/).filter((w) => w.startsWith("--allow-"));
 
+/**
+ * `lmbridge ARGS…` as a process, with the permissions of `deno task start` and only `env`
+ * as its environment, so tests exercise what users run.
+ */
+export function lmbridgeCommand(
+  args: string[],
+  env: Record<string, string>,
+  stdio: { stdin?: "piped" | "null"; stdout?: "piped" | "null"; stderr?: "piped" | "null" } = {},
+): Deno.Command {
+  return new Deno.Command(Deno.execPath(), {
+    args: ["run", ...START_PERMISSIONS, MAIN, ...args],
+    env,
+    clearEnv: true,
+    cwd: ROOT,
+    stdin: stdio.stdin ?? "null",
+    stdout: stdio.stdout ?? "piped",
+    stderr: stdio.stderr ?? "piped",
+  });
+}
+
 export interface Bridge {
   client: Client;
   /** Everything lmbridge wrote to stderr so far. */
